@@ -1,0 +1,195 @@
+// Package bus carries published messages between tether nodes.
+//
+// A Bus assigns every message its channel's next offset, keeps a bounded
+// history per channel so that reconnecting clients can recover what they
+// missed, and hands each message to the node's handler in offset order.
+// The in-process bus (NewLocal) serves a single node; the Redis bus
+// (NewRedis) lets several nodes share channels.
+package bus
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors returned by a Bus. Check them with errors.Is.
+var (
+	// ErrUnavailable means the bus cannot accept or answer right now (the
+	// backend is unreachable, or its bounded queue is full). The caller may
+	// retry later; nothing was acknowledged.
+	ErrUnavailable = errors.New("bus: unavailable")
+	// ErrClosed means the bus has been closed.
+	ErrClosed = errors.New("bus: closed")
+)
+
+// Position is a point in a channel's stream: the offset of the last message
+// and the epoch the offsets belong to. Offsets grow by exactly one per
+// message within an epoch; a new epoch starts whenever the channel's history
+// was lost, and offsets of different epochs are not comparable.
+type Position struct {
+	Offset uint64
+	Epoch  string
+}
+
+// Message is one published message. Data is the raw JSON value as published;
+// it is shared and must be treated as read-only.
+type Message struct {
+	Channel string
+	Offset  uint64
+	Epoch   string
+	Data    []byte
+}
+
+// Publication is one message to publish.
+type Publication struct {
+	Channel string
+	Data    []byte
+}
+
+// History is the answer to a recovery request.
+type History struct {
+	// Messages are the messages after the requested position, in offset
+	// order. Empty when Recovered is false.
+	Messages []Message
+	// Top is the channel's position at the time of the read: every message
+	// with an offset above Top.Offset (in Top.Epoch) is delivered to the
+	// handler after History returns.
+	Top Position
+	// Recovered reports whether Messages hold every message after the
+	// requested position (same epoch, still within the history window).
+	Recovered bool
+}
+
+// Handler receives what the bus delivers to this node.
+//
+// OnMessage is called for every message on a channel the node has interest
+// in (the local bus calls it for every message). Calls for one channel are
+// serialized and in offset order. It must not block: it runs on the bus's
+// delivery path.
+//
+// OnGap is called when the bus lost messages of a channel and cannot repair
+// the loss from history (for example Redis restarted empty): subscribers must
+// resync by other means. top is the channel's new position.
+type Handler struct {
+	OnMessage func(m Message)
+	OnGap     func(channel string, top Position)
+}
+
+// Stats is a snapshot of a bus's state for /readyz and metrics.
+type Stats struct {
+	// Healthy is false while the backend is unreachable.
+	Healthy bool
+	// Channels is the number of channels the node has interest in.
+	Channels int
+	// Queued is the number of publishes waiting to be sent.
+	Queued int
+}
+
+// backend is what a Bus implementation provides. All methods are safe for
+// concurrent use.
+type backend interface {
+	// publish publishes pubs in order and calls done exactly once, from any
+	// goroutine (possibly before publish returns), with one position per
+	// publication or an error. A publication is acknowledged only once it is
+	// durable in the channel's history.
+	publish(pubs []Publication, done func([]Position, error))
+	// subscribe and unsubscribe record the node's interest in a channel.
+	// They never block and never call the handler synchronously, so they may
+	// be called with the caller's locks held. Calls are counted: interest
+	// ends when unsubscribe has been called as often as subscribe.
+	subscribe(channel string)
+	unsubscribe(channel string)
+	// history returns the messages after since (or, with since nil, only
+	// the channel's current position). It must not be called with locks
+	// held that the handler takes.
+	history(ctx context.Context, channel string, since *Position) (History, error)
+	setHandler(h Handler)
+	stats() Stats
+	close() error
+}
+
+// Bus is a message bus for one node. Its methods are safe for concurrent use.
+type Bus struct {
+	be backend
+}
+
+// SetHandler sets the receiver of delivered messages. It must be called
+// before the first publish and not changed afterwards.
+func (b *Bus) SetHandler(h Handler) { b.be.setHandler(h) }
+
+// Publish publishes one message and returns its position once it is
+// acknowledged.
+func (b *Bus) Publish(ctx context.Context, channel string, data []byte) (Position, error) {
+	pos, err := b.PublishBatch(ctx, []Publication{{Channel: channel, Data: data}})
+	if err != nil {
+		return Position{}, err
+	}
+	return pos[0], nil
+}
+
+// PublishBatch publishes pubs in order and returns their positions once all
+// are acknowledged. If ctx ends first, it returns ctx's error and the
+// messages may or may not have been published.
+func (b *Bus) PublishBatch(ctx context.Context, pubs []Publication) ([]Position, error) {
+	type result struct {
+		pos []Position
+		err error
+	}
+	ch := make(chan result, 1)
+	b.be.publish(pubs, func(pos []Position, err error) { ch <- result{pos, err} })
+	select {
+	case r := <-ch:
+		return r.pos, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// PublishAsync publishes pubs and calls done exactly once, from any
+// goroutine, when they are acknowledged or have failed. It never blocks.
+func (b *Bus) PublishAsync(pubs []Publication, done func([]Position, error)) {
+	b.be.publish(pubs, done)
+}
+
+// Subscribe records interest in channel: from now on its messages are
+// delivered to the handler. It never blocks.
+func (b *Bus) Subscribe(channel string) { b.be.subscribe(channel) }
+
+// Unsubscribe ends one Subscribe's interest in channel. It never blocks.
+func (b *Bus) Unsubscribe(channel string) { b.be.unsubscribe(channel) }
+
+// History reads channel's messages after since, or only its current position
+// when since is nil. See History for the guarantees.
+func (b *Bus) History(ctx context.Context, channel string, since *Position) (History, error) {
+	return b.be.history(ctx, channel, since)
+}
+
+// Stats returns a snapshot of the bus's state.
+func (b *Bus) Stats() Stats { return b.be.stats() }
+
+// Close stops the bus. Publishes after Close fail with ErrClosed.
+func (b *Bus) Close() error { return b.be.close() }
+
+// Config bounds a bus's history. It is shared by all implementations.
+type Config struct {
+	// HistorySize is the number of messages kept per channel.
+	// If zero, 100 is used; negative keeps no history.
+	HistorySize int
+	// HistoryTTL is how long a channel's history outlives its last
+	// publish. If zero, 5 minutes is used.
+	HistoryTTL time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.HistorySize == 0 {
+		c.HistorySize = 100
+	}
+	if c.HistorySize < 0 {
+		c.HistorySize = 0
+	}
+	if c.HistoryTTL <= 0 {
+		c.HistoryTTL = 5 * time.Minute
+	}
+	return c
+}

@@ -1,0 +1,228 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"time"
+
+	"tether/bus"
+)
+
+// maxBatch bounds the messages of one batch publish.
+const maxBatch = 1000
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", s.upgrade)
+	mux.HandleFunc("/api/publish", s.apiPublish)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"ok"}`)
+	})
+	mux.HandleFunc("/readyz", s.readyz)
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		s.m.write(w)
+	})
+	if s.cfg.StaticFS != nil {
+		files := http.FileServerFS(s.cfg.StaticFS)
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/" {
+				http.ServeFileFS(w, r, s.cfg.StaticFS, "demo/index.html")
+				return
+			}
+			if _, err := fs.Stat(s.cfg.StaticFS, r.URL.Path[1:]); err != nil {
+				httpError(w, http.StatusNotFound, codeNotFound, "no such page")
+				return
+			}
+			files.ServeHTTP(w, r)
+		})
+	} else {
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			httpError(w, http.StatusNotFound, codeNotFound, "no such page")
+		})
+	}
+	return mux
+}
+
+// httpError writes the JSON error body every API error carries.
+func httpError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b := append([]byte(`{"error":{"code":`), nil...)
+	b = appendJSONString(b, code)
+	b = append(b, `,"message":`...)
+	b = appendJSONString(b, msg)
+	b = append(b, "}}\n"...)
+	_, _ = w.Write(b)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	var reason string
+	switch {
+	case s.draining.Load():
+		reason = "draining"
+	case s.cfg.MaxConns > 0 && s.m.conns.Load() >= int64(s.cfg.MaxConns):
+		reason = "at capacity"
+	case !s.bus.Stats().Healthy:
+		reason = "bus degraded"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if reason != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		b := appendJSONString([]byte(`{"status":"unavailable","reason":`), reason)
+		_, _ = w.Write(append(b, "}\n"...))
+		return
+	}
+	_, _ = io.WriteString(w, `{"status":"ready"}`+"\n")
+}
+
+type apiMessage struct {
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+}
+
+type apiPublishRequest struct {
+	apiMessage
+	Messages []apiMessage `json:"messages"`
+}
+
+// apiPublish handles POST /api/publish, single or batch.
+func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		s.apiError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
+		return
+	}
+	if !s.apiAllowed(r) {
+		msg := "a valid API key is required"
+		if s.cfg.APIKey == "" {
+			msg = "without an API key the API answers only loopback callers"
+		}
+		s.apiError(w, http.StatusUnauthorized, codeUnauthorized, msg)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.maxBatchBody())))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.apiError(w, http.StatusRequestEntityTooLarge, codeTooLarge, "request body too large")
+			return
+		}
+		s.apiError(w, http.StatusBadRequest, codeBadRequest, "cannot read body")
+		return
+	}
+	var req apiPublishRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		s.apiError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body")
+		return
+	}
+	batch := req.Messages != nil
+	msgs := req.Messages
+	if !batch {
+		msgs = []apiMessage{req.apiMessage}
+	} else if req.Channel != "" || req.Data != nil {
+		s.apiError(w, http.StatusBadRequest, codeBadRequest, "give either channel+data or messages, not both")
+		return
+	}
+	if len(msgs) == 0 {
+		s.apiError(w, http.StatusBadRequest, codeBadRequest, "messages is empty")
+		return
+	}
+	if len(msgs) > maxBatch {
+		s.apiError(w, http.StatusRequestEntityTooLarge, codeTooLarge, "more than 1000 messages in one batch")
+		return
+	}
+	pubs := make([]bus.Publication, len(msgs))
+	for i, m := range msgs {
+		if perr := validChannel(m.Channel); perr != nil {
+			s.apiError(w, http.StatusBadRequest, perr.code, perr.msg+" (message "+strconv.Itoa(i)+")")
+			return
+		}
+		if len(m.Data) == 0 {
+			s.apiError(w, http.StatusBadRequest, codeBadRequest, "missing data (message "+strconv.Itoa(i)+")")
+			return
+		}
+		if len(m.Data) > s.cfg.MaxMessageSize {
+			s.apiError(w, http.StatusRequestEntityTooLarge, codeTooLarge, "data larger than the max message size (message "+strconv.Itoa(i)+")")
+			return
+		}
+		pubs[i] = bus.Publication{Channel: m.Channel, Data: compactJSON(m.Data)}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	pos, err := s.bus.PublishBatch(ctx, pubs)
+	if err != nil {
+		w.Header().Set("Retry-After", strconv.FormatInt(1+s.jitterMS()/1000, 10))
+		s.apiError(w, http.StatusServiceUnavailable, codeUnavailable, "cannot publish now: "+err.Error())
+		return
+	}
+	s.m.published.Add(len(pubs))
+	w.Header().Set("Content-Type", "application/json")
+	var b []byte
+	if !batch {
+		b = append(b, `{"offset":`...)
+		b = strconv.AppendUint(b, pos[0].Offset, 10)
+		b = append(b, `,"epoch":`...)
+		b = appendJSONString(b, pos[0].Epoch)
+	} else {
+		b = append(b, `{"offsets":[`...)
+		for i, p := range pos {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, p.Offset, 10)
+		}
+		b = append(b, `],"epochs":[`...)
+		for i, p := range pos {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, p.Epoch)
+		}
+		b = append(b, ']')
+	}
+	_, _ = w.Write(append(b, "}\n"...))
+}
+
+func (s *Server) apiError(w http.ResponseWriter, status int, code, msg string) {
+	s.m.apiErrors.Inc()
+	httpError(w, status, code, msg)
+}
+
+// compactJSON removes insignificant white space (newlines would be
+// harmless, but compact frames are smaller on every delivery).
+func compactJSON(b []byte) []byte {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return b
+	}
+	return buf.Bytes()
+}
+
+// clientPublish handles a publish frame.
+func (s *Server) clientPublish(c *conn, f clientFrame) {
+	if !c.mayPublish(f.Channel) {
+		c.replyError(f.ID, errf(codeForbidden, "not allowed to publish to this channel"))
+		return
+	}
+	if len(f.Data) > s.cfg.MaxMessageSize {
+		c.replyError(f.ID, errf(codeTooLarge, "data larger than the max message size"))
+		return
+	}
+	id := f.ID
+	s.bus.PublishAsync([]bus.Publication{{Channel: f.Channel, Data: compactJSON(f.Data)}}, func(pos []bus.Position, err error) {
+		if err != nil {
+			c.replyError(id, errf(codeUnavailable, "cannot publish now, retry later"))
+			return
+		}
+		s.m.published.Inc()
+		c.reply(func(b []byte) []byte { return appendAck(b, id, pos[0].Offset) })
+	})
+}

@@ -1,0 +1,164 @@
+package server
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// claims are the parts of a client's JWT that tether uses.
+type claims struct {
+	sub      string
+	expiry   time.Time
+	channels []string // glob patterns the client may subscribe to
+	publish  []string // glob patterns the client may publish to
+}
+
+type jwtClaims struct {
+	jwt.RegisteredClaims
+	Channels []string `json:"channels"`
+	Publish  []string `json:"publish"`
+}
+
+// parseToken verifies an HS256 token locally (no backend call, so a
+// reconnect storm costs no database queries).
+func parseToken(secret []byte, token string, now time.Time) (*claims, error) {
+	var jc jwtClaims
+	p := jwt.NewParser(
+		jwt.WithValidMethods([]string{"HS256"}),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(func() time.Time { return now }),
+	)
+	_, err := p.ParseWithClaims(token, &jc, func(*jwt.Token) (any, error) { return secret, nil })
+	if err != nil {
+		return nil, fmt.Errorf("cannot verify token: %w", err)
+	}
+	if jc.Subject == "" {
+		return nil, errors.New("cannot verify token: sub claim is required")
+	}
+	for _, p := range append(jc.Channels, jc.Publish...) {
+		if len(p) > 255 {
+			return nil, errors.New("cannot verify token: pattern longer than 255 bytes")
+		}
+	}
+	return &claims{
+		sub:      jc.Subject,
+		expiry:   jc.ExpiresAt.Time,
+		channels: jc.Channels,
+		publish:  jc.Publish,
+	}, nil
+}
+
+// tokenFromRequest returns the token from the query (token=) or the
+// Authorization header.
+func tokenFromRequest(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	return bearer(r)
+}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(h) > len(prefix) && strings.EqualFold(h[:len(prefix)], prefix) {
+		return strings.TrimSpace(h[len(prefix):])
+	}
+	return ""
+}
+
+// mayRead reports whether c may subscribe to channel.
+func (c *conn) mayRead(channel string) bool {
+	if c.auth == nil {
+		return true
+	}
+	if strings.HasPrefix(channel, "user.") && channel[len("user."):] == c.auth.sub {
+		return true
+	}
+	return matchAny(c.auth.channels, channel)
+}
+
+// mayPublish reports whether c may publish to channel.
+func (c *conn) mayPublish(channel string) bool {
+	if c.auth == nil {
+		return c.srv.cfg.AllowClientPublish
+	}
+	return matchAny(c.auth.publish, channel)
+}
+
+func matchAny(patterns []string, s string) bool {
+	for _, p := range patterns {
+		if globMatch(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// globMatch reports whether s matches pattern, where '*' matches any run of
+// bytes (including none) and '?' exactly one byte. It runs in
+// O(len(pattern)·len(s)) at worst, with no recursion.
+func globMatch(pattern, s string) bool {
+	p, i := 0, 0
+	star, mark := -1, 0
+	for i < len(s) {
+		switch {
+		case p < len(pattern) && (pattern[p] == '?' || pattern[p] == s[i]):
+			p++
+			i++
+		case p < len(pattern) && pattern[p] == '*':
+			star, mark = p, i
+			p++
+		case star >= 0:
+			p = star + 1
+			mark++
+			i = mark
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
+
+// checkOrigin applies cfg.AllowedOrigins to an upgrade request.
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	for _, o := range s.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	if len(s.cfg.AllowedOrigins) > 0 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// apiAllowed checks the HTTP API's credentials: the API key when one is
+// configured (constant-time compare), else a loopback caller.
+func (s *Server) apiAllowed(r *http.Request) bool {
+	if s.cfg.APIKey != "" {
+		got := bearer(r)
+		return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIKey)) == 1
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,332 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"tether/bus"
+)
+
+const indexShards = 64
+
+// index maps channel names to the channels this node has subscribers of.
+type index struct {
+	seed   maphash.Seed
+	shards [indexShards]indexShard
+}
+
+type indexShard struct {
+	mu       sync.RWMutex
+	channels map[string]*channel
+}
+
+func newIndex() *index {
+	x := &index{seed: maphash.MakeSeed()}
+	for i := range x.shards {
+		x.shards[i].channels = make(map[string]*channel)
+	}
+	return x
+}
+
+func (x *index) shard(name string) *indexShard {
+	return &x.shards[maphash.String(x.seed, name)%indexShards]
+}
+
+func (x *index) lookup(name string) *channel {
+	s := x.shard(name)
+	s.mu.RLock()
+	ch := s.channels[name]
+	s.mu.RUnlock()
+	return ch
+}
+
+// count returns the number of channels with local subscribers.
+func (x *index) count() int {
+	n := 0
+	for i := range x.shards {
+		s := &x.shards[i]
+		s.mu.RLock()
+		n += len(s.channels)
+		s.mu.RUnlock()
+	}
+	return n
+}
+
+// channel is a channel with at least one local subscriber. It is removed
+// from the index, and marked dead, when its last subscriber leaves.
+type channel struct {
+	name string // immutable
+
+	mu     sync.Mutex
+	subs   []*subscription
+	dead   bool
+	epoch  string // position of the last message delivered live
+	offset uint64
+}
+
+// subscription is one connection's interest in one channel.
+type subscription struct {
+	c  *conn    // immutable
+	ch *channel // immutable
+
+	// guarded by ch.mu
+	idx        int
+	recovering bool
+	buffered   []bus.Message // live messages held back during recovery
+}
+
+// maxRecoveryBuffer bounds the live messages one recovering subscription
+// holds back while its history is read.
+const maxRecoveryBuffer = 4096
+
+func (s *Server) subscribe(c *conn, f clientFrame) {
+	if !c.mayRead(f.Channel) {
+		c.replyError(f.ID, errf(codeForbidden, "not allowed to subscribe to this channel"))
+		return
+	}
+	c.mu.Lock()
+	if max := s.cfg.MaxSubsPerConn; max > 0 && len(c.subs) >= max {
+		c.mu.Unlock()
+		c.replyError(f.ID, errf(codeLimit, "too many subscriptions on this connection"))
+		return
+	}
+	for _, sub := range c.subs {
+		if sub.ch.name == f.Channel {
+			c.mu.Unlock()
+			c.replyError(f.ID, errf(codeLimit, "already subscribed"))
+			return
+		}
+	}
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+
+	sh := s.index.shard(f.Channel)
+	sh.mu.Lock()
+	ch := sh.channels[f.Channel]
+	created := ch == nil
+	if created {
+		ch = &channel{name: f.Channel}
+		sh.channels[f.Channel] = ch
+		s.m.channels.Add(1)
+	}
+	sub := &subscription{c: c, ch: ch, recovering: true}
+	ch.mu.Lock()
+	sub.idx = len(ch.subs)
+	ch.subs = append(ch.subs, sub)
+	ch.mu.Unlock()
+	sh.mu.Unlock()
+	if created {
+		s.bus.Subscribe(f.Channel)
+	}
+
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		s.removeSub(sub)
+		return
+	}
+	c.subs = append(c.subs, sub)
+	c.mu.Unlock()
+	s.m.subscriptions.Add(1)
+
+	var since *bus.Position
+	if f.Since != nil {
+		since = &bus.Position{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
+	}
+	id := f.ID
+	s.goRecover(func() { s.recover(sub, since, id) })
+}
+
+// goRecover runs fn on a goroutine, at most cfg.Recoveries at once; the
+// rest wait their turn in order.
+func (s *Server) goRecover(fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case s.recoverSem <- struct{}{}:
+		case <-s.done:
+			return
+		}
+		defer func() { <-s.recoverSem }()
+		fn()
+	}()
+}
+
+// recover reads the channel's position (and the missed messages when since
+// is set), then switches the subscription to live delivery: the reply, the
+// missed messages and the messages held back meanwhile are queued under
+// ch.mu, so nothing is lost or duplicated across the switch.
+func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMessage) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	h, err := s.bus.History(ctx, sub.ch.name, since)
+	cancel()
+	c, ch := sub.c, sub.ch
+	if err != nil {
+		s.log.Debug("cannot read history", "channel", ch.name, "err", err)
+		s.dropSub(sub)
+		c.replyError(id, errf(codeUnavailable, "cannot subscribe now, retry later"))
+		return
+	}
+	if since != nil && h.Recovered {
+		s.m.recovered.Inc()
+	} else if since != nil {
+		s.m.notRecovered.Inc()
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.dead || sub.idx < 0 {
+		return
+	}
+	c.send(textFrame(func(b []byte) []byte {
+		return appendSubscribed(b, ch.name, h.Top.Offset, h.Top.Epoch, since != nil && h.Recovered, id)
+	}))
+	last := h.Top
+	for _, m := range h.Messages {
+		if m.Offset > since.Offset {
+			c.send(messageFrame(m))
+		}
+	}
+	for _, m := range sub.buffered {
+		if m.Epoch == last.Epoch && m.Offset <= last.Offset {
+			continue
+		}
+		c.send(messageFrame(m))
+	}
+	sub.buffered = nil
+	sub.recovering = false
+}
+
+func messageFrame(m bus.Message) []byte {
+	n := len(`{"op":"message","channel":,"offset":,"data":}`) + len(m.Channel) + 2 + 20 + len(m.Data)
+	h := wsHeaderLen(n) // an upper bound on the payload: the header may shrink
+	buf := make([]byte, 10, 10+n+8)
+	buf = appendMessage(buf, m.Channel, m.Offset, m.Data)
+	p := len(buf) - 10
+	h = wsHeaderLen(p)
+	putWSHeader(buf[10-h:10], wsText, p)
+	return buf[10-h:]
+}
+
+func (s *Server) unsubscribe(c *conn, f clientFrame) {
+	c.mu.Lock()
+	var sub *subscription
+	for i, x := range c.subs {
+		if x.ch.name == f.Channel {
+			sub = x
+			last := len(c.subs) - 1
+			c.subs[i] = c.subs[last]
+			c.subs[last] = nil
+			c.subs = c.subs[:last]
+			break
+		}
+	}
+	c.mu.Unlock()
+	if sub == nil {
+		c.replyError(f.ID, errf(codeNotFound, "not subscribed to this channel"))
+		return
+	}
+	s.removeSub(sub)
+	c.reply(func(b []byte) []byte { return appendUnsubscribed(b, f.Channel, f.ID) })
+}
+
+// dropSub removes sub from both its connection and its channel.
+func (s *Server) dropSub(sub *subscription) {
+	c := sub.c
+	c.mu.Lock()
+	for i, x := range c.subs {
+		if x == sub {
+			last := len(c.subs) - 1
+			c.subs[i] = c.subs[last]
+			c.subs[last] = nil
+			c.subs = c.subs[:last]
+			break
+		}
+	}
+	c.mu.Unlock()
+	s.removeSub(sub)
+}
+
+// removeSub removes sub from its channel, and the channel from the index
+// when it was the last subscriber.
+func (s *Server) removeSub(sub *subscription) {
+	ch := sub.ch
+	sh := s.index.shard(ch.name)
+	sh.mu.Lock()
+	ch.mu.Lock()
+	if sub.idx < 0 {
+		ch.mu.Unlock()
+		sh.mu.Unlock()
+		return
+	}
+	last := len(ch.subs) - 1
+	moved := ch.subs[last]
+	ch.subs[sub.idx] = moved
+	moved.idx = sub.idx
+	ch.subs[last] = nil
+	ch.subs = ch.subs[:last]
+	sub.idx = -1
+	sub.buffered = nil
+	empty := len(ch.subs) == 0
+	if empty {
+		ch.dead = true
+		ch.subs = nil
+		delete(sh.channels, ch.name)
+	}
+	ch.mu.Unlock()
+	sh.mu.Unlock()
+	s.m.subscriptions.Add(-1)
+	if empty {
+		s.m.channels.Add(-1)
+		s.bus.Unsubscribe(ch.name)
+	}
+}
+
+// onBusMessage is the bus handler: it encodes m once and queues the same
+// bytes to every subscriber.
+func (s *Server) onBusMessage(m bus.Message) {
+	ch := s.index.lookup(m.Channel)
+	if ch == nil {
+		return
+	}
+	start := time.Now()
+	frame := messageFrame(m)
+	ch.mu.Lock()
+	if ch.dead || (m.Epoch == ch.epoch && m.Offset <= ch.offset) {
+		ch.mu.Unlock()
+		return
+	}
+	ch.epoch, ch.offset = m.Epoch, m.Offset
+	n := s.fanout(ch, m, frame)
+	ch.mu.Unlock()
+	s.m.fannedOut.Inc()
+	s.m.delivered.Add(n)
+	s.m.deliveredBytes.Add(n * len(frame))
+	s.m.fanoutDuration.UpdateDuration(start)
+}
+
+// onBusGap tells every subscriber of channel that messages were lost.
+func (s *Server) onBusGap(channel string, top bus.Position) {
+	ch := s.index.lookup(channel)
+	if ch == nil {
+		return
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.dead {
+		return
+	}
+	ch.epoch, ch.offset = top.Epoch, top.Offset
+	for _, sub := range ch.subs {
+		after := s.jitterMS()
+		sub.c.send(textFrame(func(b []byte) []byte {
+			return appendResync(b, channel, top.Offset, top.Epoch, after)
+		}))
+	}
+}

@@ -1,0 +1,175 @@
+package server
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Config configures a Server. The zero value of every field selects the
+// documented default; negative values of the bounds marked so disable them.
+type Config struct {
+	// Listen is the TCP address to serve WebSocket and HTTP on.
+	// If empty, ":8080" is used; "127.0.0.1:0" picks a free port (see Addr).
+	Listen string
+	// NodeID names this node in welcome frames and metrics.
+	// If empty, the host name plus a random suffix is used.
+	NodeID string
+
+	// MaxConns bounds concurrent WebSocket connections; upgrades over it are
+	// refused with 503. If zero, the soft RLIMIT_NOFILE minus 1,024 is used
+	// (at least 1,024). Negative means no bound.
+	MaxConns int
+	// AcceptRate bounds WebSocket upgrades per second (token bucket); upgrades
+	// over it are refused with 503 and a jittered Retry-After. If zero,
+	// 10,000/s is used. Negative means no bound.
+	AcceptRate float64
+	// AcceptBurst is the token bucket depth of AcceptRate. If zero,
+	// AcceptRate/2 (at least 1) is used.
+	AcceptBurst int
+	// HandshakeTimeout bounds how long a new TCP connection may take to send
+	// its upgrade request and read the answer. If zero, 10s is used.
+	HandshakeTimeout time.Duration
+
+	// MaxMessageSize bounds a publish payload (the JSON data) in bytes; a
+	// client frame larger than MaxMessageSize+1KiB is closed with 1009.
+	// If zero, 64 KiB is used.
+	MaxMessageSize int
+	// MaxConnBuffer bounds the bytes waiting to be written to one
+	// connection, both in tether's queue and in the engine's write buffer
+	// (so at most twice this per connection); a connection over it is a slow
+	// consumer and is closed with 4009. If zero, 1 MiB is used.
+	MaxConnBuffer int
+	// MaxSubsPerConn bounds subscriptions per connection.
+	// If zero, 100 is used. Negative means no bound.
+	MaxSubsPerConn int
+	// ClientMsgRate bounds frames per second a client may send (token bucket
+	// with a burst of ClientMsgBurst); over it the client gets a
+	// rate_limited error and, if it keeps going, close 4029.
+	// If zero, 50/s is used. Negative means no bound.
+	ClientMsgRate float64
+	// ClientMsgBurst is the bucket depth of ClientMsgRate.
+	// If zero, 2×ClientMsgRate (at least 1) is used.
+	ClientMsgBurst int
+
+	// PingInterval is how often the server pings each connection. If zero,
+	// 25s is used: well inside the 60s idle timeout common in load balancers.
+	PingInterval time.Duration
+	// PongTimeout is how long after a missed ping a silent connection is
+	// closed with 4008 (no inbound frame for PingInterval+PongTimeout).
+	// If zero, 10s is used.
+	PongTimeout time.Duration
+
+	// DrainWindow is the time over which Drain spreads the closing of live
+	// connections. If zero, 30s is used.
+	DrainWindow time.Duration
+	// ReconnectJitter bounds the random after_ms advice sent in reconnect
+	// and resync frames and the Retry-After of refused upgrades.
+	// If zero, 5s is used.
+	ReconnectJitter time.Duration
+
+	// JWTSecret enables auth: every upgrade needs a valid HS256 token signed
+	// with it. If empty, the server is open (development mode).
+	JWTSecret []byte
+	// AllowClientPublish lets clients of an open server publish. With
+	// JWTSecret set, the token's publish claim decides instead.
+	AllowClientPublish bool
+	// AllowedOrigins lists the Origin values allowed to upgrade ("*" allows
+	// any). If empty, only same-origin requests and requests without an
+	// Origin header (non-browser clients) are allowed.
+	AllowedOrigins []string
+	// APIKey protects the HTTP API (Authorization: Bearer <key>). If empty,
+	// the API answers only loopback callers.
+	APIKey string
+
+	// StaticFS, if set, is served at "/" ("/" → demo/index.html).
+	StaticFS fs.FS
+	// Metrics receives the server's metrics. If nil, a new set is used.
+	// Pass the set the bus registers into so /metrics shows both.
+	Metrics *metrics.Set
+
+	// Pollers is the number of epoll loops. If zero, GOMAXPROCS is used.
+	Pollers int
+	// Flushers is the number of write goroutines. If zero, GOMAXPROCS is used.
+	Flushers int
+	// FanoutChunk is the number of subscribers above which a broadcast is
+	// split across fan-out workers. If zero, 2,048 is used.
+	FanoutChunk int
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Listen == "" {
+		c.Listen = ":8080"
+	}
+	if c.NodeID == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "tether"
+		}
+		c.NodeID = fmt.Sprintf("%s-%04x", host, randUint64()&0xffff)
+	}
+	if c.MaxConns == 0 {
+		var rl syscall.Rlimit
+		c.MaxConns = 1024
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 2048 {
+			c.MaxConns = int(rl.Cur) - 1024
+		}
+	}
+	if c.AcceptRate == 0 {
+		c.AcceptRate = 10000
+	}
+	if c.AcceptBurst <= 0 {
+		c.AcceptBurst = max(1, int(c.AcceptRate/2))
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = 64 << 10
+	}
+	if c.MaxConnBuffer <= 0 {
+		c.MaxConnBuffer = 1 << 20
+	}
+	if c.MaxSubsPerConn == 0 {
+		c.MaxSubsPerConn = 100
+	}
+	if c.ClientMsgRate == 0 {
+		c.ClientMsgRate = 50
+	}
+	if c.ClientMsgBurst <= 0 {
+		c.ClientMsgBurst = max(1, int(2*c.ClientMsgRate))
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 25 * time.Second
+	}
+	if c.PongTimeout <= 0 {
+		c.PongTimeout = 10 * time.Second
+	}
+	if c.DrainWindow <= 0 {
+		c.DrainWindow = 30 * time.Second
+	}
+	if c.ReconnectJitter <= 0 {
+		c.ReconnectJitter = 5 * time.Second
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.NewSet()
+	}
+	if c.Pollers <= 0 {
+		c.Pollers = runtime.GOMAXPROCS(0)
+	}
+	if c.Flushers <= 0 {
+		c.Flushers = runtime.GOMAXPROCS(0)
+	}
+	if c.FanoutChunk <= 0 {
+		c.FanoutChunk = 2048
+	}
+	if c.MaxConnBuffer < c.MaxMessageSize+4096 {
+		return c, fmt.Errorf("%w: max conn buffer (%d) must exceed max message size (%d) by 4 KiB", ErrInvalidConfig, c.MaxConnBuffer, c.MaxMessageSize)
+	}
+	return c, nil
+}

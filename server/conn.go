@@ -1,0 +1,188 @@
+package server
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/lesismal/nbio"
+	"github.com/lesismal/nbio/nbhttp/websocket"
+
+	"tether/ring"
+)
+
+// conn is one WebSocket connection.
+type conn struct {
+	// immutable after open
+	srv    *Server
+	ws     *websocket.Conn
+	nc     *nbio.Conn
+	id     uint64
+	auth   *claims // nil on an open server
+	flush  *flusher
+	hbWhl  *hbShard
+	expiry int64 // token expiry, unix nanos; 0 = none
+
+	// lastSeen is the coarse clock (unix nanos) of the last inbound frame.
+	lastSeen atomic.Int64
+
+	// guarded by mu
+	mu              sync.Mutex
+	pending         [][]byte // frames waiting for the flusher (shared, read-only)
+	spare           [][]byte // the other half of the double buffer
+	pendingBytes    int
+	queued          bool   // in a flusher queue or being flushed
+	closing         bool   // a close frame is queued: nothing else is accepted
+	closeAfterFlush bool   // close the socket once the queue is written
+	closed          bool   // OnClose ran
+	disconnect      string // why the server closes c (a metrics label)
+	subs            []*subscription
+
+	// owned by the read path (nbio handles one conn's frames one at a time)
+	tokens    float64
+	lastTaken int64
+	strikes   int
+
+	// guarded by hbWhl.mu
+	hb        ring.Entry[*conn]
+	nextPing  int64
+	hardClose int64 // when closing: deadline for the socket close
+}
+
+// enqueue queues a frame for c. It reports whether c must be handed to its
+// flusher (it was idle). It never blocks and allocates nothing once the
+// queue has grown to its working size.
+func (c *conn) enqueue(frame []byte) (schedule bool) {
+	c.mu.Lock()
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if c.pendingBytes+len(frame) > c.srv.cfg.MaxConnBuffer {
+		c.mu.Unlock()
+		c.srv.slowConsumer(c)
+		return false
+	}
+	c.pending = append(c.pending, frame)
+	c.pendingBytes += len(frame)
+	if c.queued {
+		c.mu.Unlock()
+		return false
+	}
+	c.queued = true
+	c.mu.Unlock()
+	return true
+}
+
+// send queues a frame and schedules the flush.
+func (c *conn) send(frame []byte) {
+	if c.enqueue(frame) {
+		c.flush.push(c)
+	}
+}
+
+// sendClose queues a close frame as the last frame of c and arranges for
+// the socket to be closed once it is written (or after a grace period if the
+// peer does not read it). It reports whether this call started the close.
+func (c *conn) sendClose(code int, reason string, preface []byte) bool {
+	c.mu.Lock()
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	c.closing = true
+	c.closeAfterFlush = true
+	if preface != nil {
+		c.pending = append(c.pending, preface)
+	}
+	f := closeFrame(code, reason)
+	c.pending = append(c.pending, f)
+	schedule := !c.queued
+	c.queued = true
+	c.mu.Unlock()
+	if schedule {
+		c.flush.push(c)
+	}
+	c.srv.hb.scheduleHardClose(c)
+	return true
+}
+
+func (c *conn) connID() string {
+	return c.srv.cfg.NodeID + "-" + strconv.FormatUint(c.id, 10)
+}
+
+// allow takes one token of the client's message rate; it reports false
+// when the bucket is empty.
+func (c *conn) allow(now int64) bool {
+	rate := c.srv.cfg.ClientMsgRate
+	if rate < 0 {
+		return true
+	}
+	burst := float64(c.srv.cfg.ClientMsgBurst)
+	if c.lastTaken == 0 {
+		c.tokens = burst
+	} else {
+		c.tokens += float64(now-c.lastTaken) / 1e9 * rate
+		if c.tokens > burst {
+			c.tokens = burst
+		}
+	}
+	c.lastTaken = now
+	if c.tokens >= 1 {
+		c.tokens--
+		c.strikes = 0
+		return true
+	}
+	c.strikes++
+	return false
+}
+
+// reply sends a small frame built by build.
+func (c *conn) reply(build func([]byte) []byte) {
+	c.send(textFrame(build))
+}
+
+func (c *conn) replyError(id json.RawMessage, e *protoError) {
+	c.srv.m.protocolErrors(e.code).Inc()
+	c.reply(func(b []byte) []byte { return appendError(b, id, e.code, e.msg) })
+}
+
+// onFrame handles one inbound data frame.
+func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
+	now := c.srv.clock.Load()
+	c.lastSeen.Store(now)
+	if mt != websocket.TextMessage {
+		c.srv.m.protocolErrors("binary").Inc()
+		c.srv.closeConn(c, CloseProtocolViolation, "binary frames are not part of the protocol", "protocol")
+		return
+	}
+	if !c.allow(now) {
+		if c.strikes > c.srv.cfg.ClientMsgBurst {
+			c.srv.closeConn(c, CloseRateLimited, "rate limited", "rate_limited")
+			return
+		}
+		if c.strikes == 1 {
+			c.replyError(nil, errf(codeRateLimited, "too many frames: slow down"))
+		} else {
+			c.srv.m.protocolErrors(codeRateLimited).Inc()
+		}
+		return
+	}
+	f, perr := decodeClientFrame(data)
+	if perr != nil {
+		c.replyError(f.ID, perr)
+		return
+	}
+	switch f.Op {
+	case opPong:
+	case opPing:
+		c.send(pongFrame)
+	case opSubscribe:
+		c.srv.subscribe(c, f)
+	case opUnsubscribe:
+		c.srv.unsubscribe(c, f)
+	case opPublish:
+		c.srv.clientPublish(c, f)
+	}
+}

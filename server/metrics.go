@@ -1,0 +1,106 @@
+package server
+
+import (
+	"io"
+	"sync/atomic"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// serverMetrics holds every metric of a Server, created once in New. The
+// names are part of tether's interface (docs and dashboards rely on them).
+type serverMetrics struct {
+	set *metrics.Set
+
+	conns       atomic.Int64
+	channels    atomic.Int64
+	subsCount   atomic.Int64
+	accepted    *metrics.Counter
+	rejected    map[string]*metrics.Counter
+	disconnects map[string]*metrics.Counter
+	protoErrs   map[string]*metrics.Counter
+
+	published         *metrics.Counter
+	fannedOut         *metrics.Counter
+	delivered         *metrics.Counter
+	deliveredBytes    *metrics.Counter
+	fanoutDuration    *metrics.Histogram
+	heartbeatTimeouts *metrics.Counter
+	slowConsumers     *metrics.Counter
+	coalescedWrites   *metrics.Counter
+	recovered         *metrics.Counter
+	notRecovered      *metrics.Counter
+	apiErrors         *metrics.Counter
+
+	subscriptions gaugeAdder
+}
+
+// gaugeAdder adapts an atomic counter to the Add calls of the channel code.
+type gaugeAdder struct{ v *atomic.Int64 }
+
+func (g gaugeAdder) Add(n int64) { g.v.Add(n) }
+
+var (
+	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request"}
+	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "error"}
+	protoErrorCodes   = []string{codeBadRequest, codeUnauthorized, codeForbidden, codeNotFound, codeTooLarge, codeRateLimited, codeLimit, codeUnavailable, "binary"}
+)
+
+func newServerMetrics(set *metrics.Set) *serverMetrics {
+	m := &serverMetrics{
+		set:         set,
+		rejected:    make(map[string]*metrics.Counter),
+		disconnects: make(map[string]*metrics.Counter),
+		protoErrs:   make(map[string]*metrics.Counter),
+	}
+	set.NewGauge("tether_connections", func() float64 { return float64(m.conns.Load()) })
+	set.NewGauge("tether_channels", func() float64 { return float64(m.channels.Load()) })
+	set.NewGauge("tether_subscriptions", func() float64 { return float64(m.subsCount.Load()) })
+	m.subscriptions = gaugeAdder{&m.subsCount}
+	m.accepted = set.NewCounter("tether_connections_accepted_total")
+	for _, r := range rejectReasons {
+		m.rejected[r] = set.NewCounter(`tether_connections_rejected_total{reason="` + r + `"}`)
+	}
+	for _, r := range disconnectReasons {
+		m.disconnects[r] = set.NewCounter(`tether_disconnects_total{reason="` + r + `"}`)
+	}
+	for _, c := range protoErrorCodes {
+		m.protoErrs[c] = set.NewCounter(`tether_protocol_errors_total{code="` + c + `"}`)
+	}
+	m.published = set.NewCounter("tether_messages_published_total")
+	m.fannedOut = set.NewCounter("tether_messages_fanned_out_total")
+	m.delivered = set.NewCounter("tether_messages_delivered_total")
+	m.deliveredBytes = set.NewCounter("tether_delivered_bytes_total")
+	m.fanoutDuration = set.NewHistogram("tether_fanout_duration_seconds")
+	m.heartbeatTimeouts = set.NewCounter("tether_heartbeat_timeouts_total")
+	m.slowConsumers = set.NewCounter("tether_slow_consumer_disconnects_total")
+	m.coalescedWrites = set.NewCounter("tether_coalesced_writes_total")
+	m.recovered = set.NewCounter(`tether_recoveries_total{result="recovered"}`)
+	m.notRecovered = set.NewCounter(`tether_recoveries_total{result="not_recovered"}`)
+	m.apiErrors = set.NewCounter("tether_api_errors_total")
+	return m
+}
+
+func (m *serverMetrics) protocolErrors(code string) *metrics.Counter {
+	if c, ok := m.protoErrs[code]; ok {
+		return c
+	}
+	return m.protoErrs[codeBadRequest]
+}
+
+func (m *serverMetrics) reject(reason string) { m.rejected[reason].Inc() }
+
+func (m *serverMetrics) disconnect(reason string) {
+	c, ok := m.disconnects[reason]
+	if !ok {
+		c = m.disconnects["error"]
+	}
+	c.Inc()
+}
+
+// write writes the server's metrics and the process metrics (memory, CPU,
+// file descriptors, Go runtime) in Prometheus text format.
+func (m *serverMetrics) write(w io.Writer) {
+	m.set.WritePrometheus(w)
+	metrics.WriteProcessMetrics(w)
+}

@@ -1,0 +1,301 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+)
+
+// clientFrame is a decoded client→server frame (docs/protocol.md).
+type clientFrame struct {
+	Op      string          `json:"op"`
+	Channel string          `json:"channel"`
+	ID      json.RawMessage `json:"id"`
+	Data    json.RawMessage `json:"data"`
+	Since   *sincePos       `json:"since"`
+}
+
+type sincePos struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// Client operations.
+const (
+	opSubscribe   = "subscribe"
+	opUnsubscribe = "unsubscribe"
+	opPublish     = "publish"
+	opPing        = "ping"
+	opPong        = "pong"
+)
+
+const maxIDLen = 64
+
+// decodeClientFrame parses and validates one client frame. The returned
+// frame does not reference b. On failure it returns the best-effort id (so
+// the error reply can echo it) and a bad_request error.
+func decodeClientFrame(b []byte) (clientFrame, *protoError) {
+	var f clientFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		return clientFrame{}, errf(codeBadRequest, "malformed JSON frame")
+	}
+	if len(f.ID) > 0 {
+		if !validID(f.ID) {
+			f.ID = nil
+			return f, errf(codeBadRequest, "id must be a number or a string of at most 64 bytes")
+		}
+	}
+	switch f.Op {
+	case opSubscribe, opUnsubscribe:
+		if err := validChannel(f.Channel); err != nil {
+			return f, err
+		}
+		if f.Op == opUnsubscribe && f.Since != nil {
+			return f, errf(codeBadRequest, "since is only valid with subscribe")
+		}
+		if f.Since != nil && len(f.Since.Epoch) > 64 {
+			return f, errf(codeBadRequest, "since.epoch is too long")
+		}
+	case opPublish:
+		if err := validChannel(f.Channel); err != nil {
+			return f, err
+		}
+		if len(f.Data) == 0 {
+			return f, errf(codeBadRequest, "publish needs data")
+		}
+	case opPing, opPong:
+	case "":
+		return f, errf(codeBadRequest, "missing op")
+	default:
+		return f, errf(codeBadRequest, "unknown op")
+	}
+	return f, nil
+}
+
+func validID(id json.RawMessage) bool {
+	if len(id) > maxIDLen+2 {
+		return false
+	}
+	switch c := id[0]; {
+	case c == '"':
+		return true
+	case c == '-' || (c >= '0' && c <= '9'):
+		return true
+	}
+	return false
+}
+
+// validChannel checks a channel name: 1–255 bytes of printable ASCII
+// without spaces.
+func validChannel(name string) *protoError {
+	if name == "" {
+		return errf(codeBadRequest, "missing channel")
+	}
+	if len(name) > 255 {
+		return errf(codeBadRequest, "channel name longer than 255 bytes")
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c > '~' {
+			return errf(codeBadRequest, "channel name must be printable ASCII without spaces")
+		}
+	}
+	return nil
+}
+
+// WebSocket frame encoding. Server frames are never masked.
+
+const (
+	wsText  = 0x1
+	wsClose = 0x8
+)
+
+// wsHeaderLen returns the header length of an unmasked frame of n bytes.
+func wsHeaderLen(n int) int {
+	switch {
+	case n < 126:
+		return 2
+	case n <= 0xffff:
+		return 4
+	default:
+		return 10
+	}
+}
+
+// putWSHeader writes the header of a final, unmasked frame with the given
+// opcode and payload length into b, which must be wsHeaderLen(n) long.
+func putWSHeader(b []byte, opcode byte, n int) {
+	b[0] = 0x80 | opcode
+	switch {
+	case n < 126:
+		b[1] = byte(n)
+	case n <= 0xffff:
+		b[1] = 126
+		binary.BigEndian.PutUint16(b[2:], uint16(n))
+	default:
+		b[1] = 127
+		binary.BigEndian.PutUint64(b[2:], uint64(n))
+	}
+}
+
+// frameFromPayload returns a new text frame holding payload.
+func frameFromPayload(opcode byte, payload []byte) []byte {
+	h := wsHeaderLen(len(payload))
+	f := make([]byte, h+len(payload))
+	putWSHeader(f, opcode, len(payload))
+	copy(f[h:], payload)
+	return f
+}
+
+// closeFrame returns a close frame with code and reason (≤ 123 bytes).
+func closeFrame(code int, reason string) []byte {
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	p := make([]byte, 2, 2+len(reason))
+	binary.BigEndian.PutUint16(p, uint16(code))
+	p = append(p, reason...)
+	return frameFromPayload(wsClose, p)
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
+// Server→client payloads. Each appends a JSON object to dst.
+
+func appendMessage(dst []byte, channel string, offset uint64, data []byte) []byte {
+	dst = append(dst, `{"op":"message","channel":`...)
+	dst = appendJSONString(dst, channel)
+	dst = append(dst, `,"offset":`...)
+	dst = strconv.AppendUint(dst, offset, 10)
+	dst = append(dst, `,"data":`...)
+	dst = append(dst, data...)
+	return append(dst, '}')
+}
+
+func appendID(dst []byte, id json.RawMessage) []byte {
+	if len(id) == 0 {
+		return dst
+	}
+	dst = append(dst, `,"id":`...)
+	return append(dst, id...)
+}
+
+func appendSubscribed(dst []byte, channel string, offset uint64, epoch string, recovered bool, id json.RawMessage) []byte {
+	dst = append(dst, `{"op":"subscribed","channel":`...)
+	dst = appendJSONString(dst, channel)
+	dst = append(dst, `,"offset":`...)
+	dst = strconv.AppendUint(dst, offset, 10)
+	dst = append(dst, `,"epoch":`...)
+	dst = appendJSONString(dst, epoch)
+	dst = append(dst, `,"recovered":`...)
+	dst = strconv.AppendBool(dst, recovered)
+	dst = appendID(dst, id)
+	return append(dst, '}')
+}
+
+func appendUnsubscribed(dst []byte, channel string, id json.RawMessage) []byte {
+	dst = append(dst, `{"op":"unsubscribed","channel":`...)
+	dst = appendJSONString(dst, channel)
+	dst = appendID(dst, id)
+	return append(dst, '}')
+}
+
+func appendAck(dst []byte, id json.RawMessage, offset uint64) []byte {
+	dst = append(dst, `{"op":"ack"`...)
+	dst = appendID(dst, id)
+	dst = append(dst, `,"offset":`...)
+	dst = strconv.AppendUint(dst, offset, 10)
+	return append(dst, '}')
+}
+
+func appendError(dst []byte, id json.RawMessage, code, msg string) []byte {
+	dst = append(dst, `{"op":"error"`...)
+	dst = appendID(dst, id)
+	dst = append(dst, `,"code":`...)
+	dst = appendJSONString(dst, code)
+	dst = append(dst, `,"message":`...)
+	dst = appendJSONString(dst, msg)
+	return append(dst, '}')
+}
+
+func appendWelcome(dst []byte, node, conn string, pingMS int64) []byte {
+	dst = append(dst, `{"op":"welcome","node":`...)
+	dst = appendJSONString(dst, node)
+	dst = append(dst, `,"conn":`...)
+	dst = appendJSONString(dst, conn)
+	dst = append(dst, `,"ping_interval_ms":`...)
+	dst = strconv.AppendInt(dst, pingMS, 10)
+	return append(dst, '}')
+}
+
+func appendResync(dst []byte, channel string, offset uint64, epoch string, afterMS int64) []byte {
+	dst = append(dst, `{"op":"resync","channel":`...)
+	dst = appendJSONString(dst, channel)
+	dst = append(dst, `,"offset":`...)
+	dst = strconv.AppendUint(dst, offset, 10)
+	dst = append(dst, `,"epoch":`...)
+	dst = appendJSONString(dst, epoch)
+	dst = append(dst, `,"after_ms":`...)
+	dst = strconv.AppendInt(dst, afterMS, 10)
+	return append(dst, '}')
+}
+
+func appendReconnect(dst []byte, afterMS int64) []byte {
+	dst = append(dst, `{"op":"reconnect","after_ms":`...)
+	dst = strconv.AppendInt(dst, afterMS, 10)
+	return append(dst, '}')
+}
+
+// textFrame builds a text frame from a payload appender.
+func textFrame(build func([]byte) []byte) []byte {
+	var scratch [256]byte
+	return frameFromPayload(wsText, build(scratch[:0]))
+}
+
+// Pre-encoded frames shared by all connections.
+var (
+	pingFrame = frameFromPayload(wsText, []byte(`{"op":"ping"}`))
+	pongFrame = frameFromPayload(wsText, []byte(`{"op":"pong"}`))
+)
+
+// isJSONValue reports whether b is one valid JSON value.
+func isJSONValue(b []byte) bool {
+	return json.Valid(b) && len(bytes.TrimSpace(b)) > 0
+}

@@ -1,0 +1,246 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProtocolErrors(t *testing.T) {
+	ts := startServer(t, Config{MaxSubsPerConn: 2, MaxMessageSize: 100, AllowClientPublish: true})
+	c := mustDial(t, ts.addr)
+	f := func(frame string, wantCode string, wantID any) {
+		t.Helper()
+		c.sendRaw(frame)
+		e := c.expect("error")
+		if e["code"] != wantCode || e["message"] == "" {
+			t.Fatalf("%s: got %v, want code %s", frame, e, wantCode)
+		}
+		if e["id"] != wantID {
+			t.Fatalf("%s: id %v, want %v", frame, e["id"], wantID)
+		}
+	}
+	f(`{"op":"subscribe","channel":"a"`, "bad_request", nil)
+	f(`not json`, "bad_request", nil)
+	f(`{"op":"fly","id":7}`, "bad_request", float64(7))
+	f(`{"channel":"a","id":7}`, "bad_request", float64(7))
+	f(`{"op":"subscribe","channel":"has space","id":"x"}`, "bad_request", "x")
+	f(`{"op":"subscribe","channel":"","id":1}`, "bad_request", float64(1))
+	f(`{"op":"subscribe","channel":"`+strings.Repeat("a", 256)+`","id":1}`, "bad_request", float64(1))
+	f(`{"op":"subscribe","channel":"a","id":{"x":1}}`, "bad_request", nil)
+	f(`{"op":"unsubscribe","channel":"nope","id":2}`, "not_found", float64(2))
+	f(`{"op":"publish","channel":"a","id":3}`, "bad_request", float64(3))
+	f(`{"op":"publish","channel":"a","data":"`+strings.Repeat("x", 200)+`","id":4}`, "too_large", float64(4))
+
+	c.send(map[string]any{"op": "subscribe", "channel": "a", "id": 1})
+	c.expect("subscribed")
+	f(`{"op":"subscribe","channel":"a","id":5}`, "limit", float64(5))
+	c.send(map[string]any{"op": "subscribe", "channel": "b", "id": 1})
+	c.expect("subscribed")
+	f(`{"op":"subscribe","channel":"c","id":6}`, "limit", float64(6))
+
+	// The connection survived every error.
+	c.send(map[string]any{"op": "publish", "channel": "a", "data": map[string]any{"k": "v"}, "id": 9})
+	var gotAck, gotMsg bool
+	for !gotAck || !gotMsg {
+		m, raw, err := c.next(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m["op"] {
+		case "ack":
+			gotAck = num(m["id"]) == 9 && num(m["offset"]) == 1
+		case "message":
+			gotMsg = m["channel"] == "a"
+		default:
+			t.Fatalf("unexpected %s", raw)
+		}
+	}
+	if n := ts.metric(t, `tether_protocol_errors_total{code="bad_request"}`); n < 9 {
+		t.Fatalf("bad_request counted %v times", n)
+	}
+}
+
+func TestClientPublishForbiddenWhenOpen(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := mustDial(t, ts.addr)
+	c.send(map[string]any{"op": "publish", "channel": "a", "data": 1, "id": 1})
+	if e := c.expect("error"); e["code"] != "forbidden" {
+		t.Fatalf("got %v", e)
+	}
+}
+
+func TestPublishUnavailable(t *testing.T) {
+	ts := startServer(t, Config{AllowClientPublish: true})
+	c := mustDial(t, ts.addr)
+	ts.bus.Close()
+	c.send(map[string]any{"op": "publish", "channel": "a", "data": 1, "id": 1})
+	if e := c.expect("error"); e["code"] != "unavailable" {
+		t.Fatalf("got %v", e)
+	}
+	c.send(map[string]any{"op": "subscribe", "channel": "a", "id": 2})
+	if e := c.expect("error"); e["code"] != "unavailable" {
+		t.Fatalf("got %v", e)
+	}
+}
+
+func TestCloseCodes(t *testing.T) {
+	ts := startServer(t, Config{MaxMessageSize: 1000, ClientMsgRate: 10, ClientMsgBurst: 5})
+
+	t.Run("binary frame 4400", func(t *testing.T) {
+		c := mustDial(t, ts.addr)
+		if err := c.writeFrame(0x2, []byte{1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+		if code := c.expectClose(5 * time.Second); code != CloseProtocolViolation {
+			t.Fatalf("close %d", code)
+		}
+	})
+	t.Run("oversize frame 1009", func(t *testing.T) {
+		c := mustDial(t, ts.addr)
+		big := `{"op":"publish","channel":"a","data":"` + strings.Repeat("x", 3000) + `"}`
+		if err := c.writeFrame(0x1, []byte(big)); err != nil {
+			t.Fatal(err)
+		}
+		if code := c.expectClose(5 * time.Second); code != CloseTooBig {
+			t.Fatalf("close %d", code)
+		}
+	})
+	t.Run("rate limited then 4029", func(t *testing.T) {
+		c := mustDial(t, ts.addr)
+		for range 40 {
+			c.sendRaw(`{"op":"ping"}`)
+		}
+		sawError := false
+		for {
+			m, _, err := c.next(5 * time.Second)
+			if ce, ok := err.(*closeError); ok {
+				if ce.code != CloseRateLimited {
+					t.Fatalf("close %d", ce.code)
+				}
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m["op"] == "error" {
+				if m["code"] != "rate_limited" {
+					t.Fatalf("got %v", m)
+				}
+				sawError = true
+			}
+		}
+		if !sawError {
+			t.Fatal("no rate_limited error before the close")
+		}
+	})
+	eventually(t, 5*time.Second, func() bool {
+		return ts.metric(t, `tether_disconnects_total{reason="protocol"}`) == 1 &&
+			ts.metric(t, `tether_disconnects_total{reason="too_large"}`) == 1 &&
+			ts.metric(t, `tether_disconnects_total{reason="rate_limited"}`) == 1
+	}, "disconnects counted by reason")
+}
+
+func TestChannelNames(t *testing.T) {
+	for _, ok := range []string{"a", "scores.m1", "user.42", "x-y_z:1/2", strings.Repeat("a", 255), `q"uote`} {
+		if err := validChannel(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", " ", "a b", "tab\t", "é", strings.Repeat("a", 256), "nl\n"} {
+		if err := validChannel(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestEncodersProduceValidJSON(t *testing.T) {
+	for _, b := range [][]byte{
+		appendMessage(nil, `we"ird\`, 7, []byte(`{"a":[1,2]}`)),
+		appendSubscribed(nil, "a", 1, "e\x01", true, []byte(`"id"`)),
+		appendError(nil, []byte("12"), "bad_request", "bad \"thing\"\n\t\xff"),
+		appendWelcome(nil, "n", "c", 25000),
+		appendResync(nil, "c", 3, "e", 10),
+		appendReconnect(nil, 10),
+		appendAck(nil, nil, 3),
+		appendUnsubscribed(nil, "x", []byte("1")),
+	} {
+		if !isJSONValue(b) {
+			t.Errorf("invalid JSON: %s", b)
+		}
+	}
+}
+
+func FuzzDecodeClientFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"op":"subscribe","channel":"scores.m1","id":1}`,
+		`{"op":"subscribe","channel":"scores.m1","since":{"offset":41,"epoch":"e1"},"id":1}`,
+		`{"op":"unsubscribe","channel":"scores.m1","id":2}`,
+		`{"op":"publish","channel":"chat.r1","data":{"x":[1,2,3]},"id":3}`,
+		`{"op":"pong"}`, `{"op":"ping"}`, `{}`, `[]`, `null`, `{"op":1}`,
+		`{"op":"subscribe","channel":"a","since":{"offset":-1}}`,
+		`{"op":"publish","channel":"a","data":null,"id":"x"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := decodeClientFrame(b)
+		if err != nil {
+			if err.code != codeBadRequest {
+				t.Fatalf("decoder error code %q", err.code)
+			}
+			if len(fr.ID) > 0 && !validID(fr.ID) {
+				t.Fatalf("invalid id echoed: %q", fr.ID)
+			}
+			return
+		}
+		if fr.Op == opSubscribe || fr.Op == opUnsubscribe || fr.Op == opPublish {
+			if validChannel(fr.Channel) != nil {
+				t.Fatalf("invalid channel accepted: %q", fr.Channel)
+			}
+		}
+		if fr.Op == opPublish && !isJSONValue(fr.Data) {
+			t.Fatalf("invalid data accepted: %q", fr.Data)
+		}
+		// Whatever was accepted must encode back into valid frames.
+		if !isJSONValue(appendError(nil, fr.ID, "x", "y")) {
+			t.Fatalf("id %q breaks the error frame", fr.ID)
+		}
+		if fr.Op == opPublish && !isJSONValue(appendMessage(nil, fr.Channel, 1, fr.Data)) {
+			t.Fatalf("message frame invalid for %q", b)
+		}
+	})
+}
+
+func FuzzGlobMatch(f *testing.F) {
+	for _, s := range [][2]string{{"scores.*", "scores.m1"}, {"*", ""}, {"a?c", "abc"}, {"*.*.*", "a.b"}, {"**a", "aaaa"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, s string) {
+		if len(pattern) > 64 || len(s) > 64 {
+			return
+		}
+		if got, want := globMatch(pattern, s), globRef(pattern, s); got != want {
+			t.Fatalf("globMatch(%q, %q) = %v, want %v", pattern, s, got, want)
+		}
+	})
+}
+
+// globRef is an obviously correct (exponential) reference matcher.
+func globRef(p, s string) bool {
+	if p == "" {
+		return s == ""
+	}
+	switch p[0] {
+	case '*':
+		for i := 0; i <= len(s); i++ {
+			if globRef(p[1:], s[i:]) {
+				return true
+			}
+		}
+		return false
+	case '?':
+		return s != "" && globRef(p[1:], s[1:])
+	}
+	return s != "" && s[0] == p[0] && globRef(p[1:], s[1:])
+}
