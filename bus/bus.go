@@ -147,7 +147,9 @@ func (b *Bus) PublishBatch(ctx context.Context, pubs []Publication) ([]Position,
 }
 
 // PublishAsync publishes pubs and calls done exactly once, from any
-// goroutine, when they are acknowledged or have failed. It never blocks.
+// goroutine (possibly before PublishAsync returns), when they are
+// acknowledged or have failed. It never blocks. pubs and their Data must not
+// be modified until done is called: a backend may send them later.
 func (b *Bus) PublishAsync(pubs []Publication, done func([]Position, error)) {
 	b.be.publish(pubs, done)
 }

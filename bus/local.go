@@ -31,7 +31,7 @@ func NewLocal(cfg Config) *Bus {
 }
 
 type local struct {
-	cfg Config          // immutable after NewLocal
+	cfg Config           // immutable after NewLocal
 	now func() time.Time // immutable after NewLocal
 
 	handler Handler // set before the first publish

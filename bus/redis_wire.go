@@ -1,0 +1,201 @@
+package bus
+
+import (
+	"strconv"
+	"unsafe"
+)
+
+// Redis key layout. For tether channel C and key prefix P ("tether:"):
+//
+//	P{C}     the pub/sub (or sharded pub/sub) channel
+//	P{C}:m   hash {e: epoch, o: offset of the last message}, TTL HistoryTTL
+//	P{C}:h   list of the last HistorySize message payloads, newest first,
+//	         TTL HistoryTTL
+//
+// The braces make C the hash tag, so in a Redis Cluster all three live in
+// the slot of C and one script can touch them together. A message's offset
+// is not stored in the list: the entry at index i has offset o-i, which
+// holds because offsets grow by one and the list is deleted whenever a new
+// epoch starts.
+
+// pubsubName returns the pub/sub channel of channel: prefix{channel}.
+func pubsubName(prefix, channel string) string {
+	return prefix + "{" + channel + "}"
+}
+
+// channelKeys returns the meta and history keys of the channel whose
+// pub/sub channel is base.
+func channelKeys(base string) (meta, hist string) {
+	return base + ":m", base + ":h"
+}
+
+// channelOf returns the tether channel of pub/sub channel name, or false
+// when name is not one of prefix's.
+func channelOf(prefix, name string) (string, bool) {
+	if len(name) < len(prefix)+3 || name[:len(prefix)] != prefix ||
+		name[len(prefix)] != '{' || name[len(name)-1] != '}' {
+		return "", false
+	}
+	return name[len(prefix)+1 : len(name)-1], true
+}
+
+// Payload format of a pub/sub message, built by publishScript:
+//
+//	<epoch> SP <offset> SP <data>
+//
+// epoch is 1–64 bytes without spaces, offset is the decimal offset (1 or
+// more, no leading zero, at most 20 digits), and data is the message as
+// published (possibly empty). The channel is not repeated: it is the
+// pub/sub channel the message arrives on.
+
+// maxEpochLen bounds an epoch in a payload.
+const maxEpochLen = 64
+
+// appendPayload appends the payload of one message to dst. The publish
+// script builds the same bytes in Lua; this is used by tests.
+func appendPayload(dst []byte, epoch string, offset uint64, data []byte) []byte {
+	dst = append(dst, epoch...)
+	dst = append(dst, ' ')
+	dst = strconv.AppendUint(dst, offset, 10)
+	dst = append(dst, ' ')
+	return append(dst, data...)
+}
+
+// decodePayload parses a payload. epoch and data share p's memory.
+func decodePayload(p string) (epoch string, offset uint64, data string, ok bool) {
+	i := 0
+	for i < len(p) && p[i] != ' ' {
+		i++
+	}
+	if i == 0 || i > maxEpochLen || i == len(p) {
+		return "", 0, "", false
+	}
+	epoch = p[:i]
+	i++
+	start := i
+	for i < len(p) && p[i] != ' ' {
+		c := p[i]
+		if c < '0' || c > '9' {
+			return "", 0, "", false
+		}
+		d := uint64(c - '0')
+		if offset > (1<<64-1-d)/10 {
+			return "", 0, "", false
+		}
+		offset = offset*10 + d
+		i++
+	}
+	n := i - start
+	if n == 0 || i == len(p) || p[start] == '0' {
+		return "", 0, "", false
+	}
+	return epoch, offset, p[i+1:], true
+}
+
+// stringBytes returns the bytes of s without copying. They must not be
+// modified; Message.Data is read-only by contract.
+func stringBytes(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// hashSlot returns the Redis Cluster slot of key, honouring hash tags.
+func hashSlot(key string) int {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '{' {
+			for j := i + 1; j < len(key); j++ {
+				if key[j] == '}' {
+					if j > i+1 {
+						key = key[i+1 : j]
+					}
+					break
+				}
+			}
+			break
+		}
+	}
+	return int(crc16(key) & 16383)
+}
+
+// crc16 is CRC-16/XMODEM, the checksum Redis Cluster hashes keys with.
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
+
+// publishScript assigns the channel's next offset, appends the message to
+// the history, refreshes both keys' TTL and publishes, atomically. When the
+// meta key is missing (first publish, expiry, or Redis lost its data) it
+// starts a new epoch (ARGV[4], random per batch) at offset 1 and drops any
+// stale history. Returns {offset, epoch}.
+//
+// KEYS: meta, hist. ARGV: data, history size, TTL in ms, candidate epoch,
+// pub/sub channel, publish command (PUBLISH or SPUBLISH).
+const publishScript = `
+local e = redis.call('HGET', KEYS[1], 'e')
+local o
+if e then
+  o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+else
+  e = ARGV[4]
+  o = 1
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 1)
+end
+local ttl = tonumber(ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+local n = tonumber(ARGV[2])
+if n > 0 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('LTRIM', KEYS[2], 0, n - 1)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+redis.call(ARGV[6], ARGV[5], e .. ' ' .. string.format('%d', o) .. ' ' .. ARGV[1])
+return {o, e}
+`
+
+// historyScript reads a channel's position and, when since is given and
+// still covered, the messages after it. When the meta key is missing it
+// creates the channel at offset 0 in a new epoch (ARGV[3]), so that the
+// position it returns is the one the next message continues. Returns
+// {top, epoch, recovered (0/1), {data newest first…}}.
+//
+// KEYS: meta, hist. ARGV: since offset ("" for none), since epoch,
+// candidate epoch, TTL in ms.
+const historyScript = `
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[3]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+if ARGV[1] == '' or ARGV[2] ~= e then
+  return {top, e, 0}
+end
+local since = tonumber(ARGV[1])
+if since > top then
+  return {top, e, 0}
+end
+local n = top - since
+if n == 0 then
+  return {top, e, 1}
+end
+if redis.call('LLEN', KEYS[2]) < n then
+  return {top, e, 0}
+end
+return {top, e, 1, redis.call('LRANGE', KEYS[2], 0, n - 1)}
+`
