@@ -48,6 +48,7 @@ type conn struct {
 	hb        ring.Entry[*conn]
 	nextPing  int64
 	hardClose int64 // when closing: deadline for the socket close
+	settled   bool  // the engine's handshake read deadline was cleared again
 }
 
 // enqueue queues a frame for c. It reports whether c must be handed to its

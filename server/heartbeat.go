@@ -39,7 +39,16 @@ const (
 	hbTimeout
 	hbExpired
 	hbHardClose
+	hbClearDeadline
 )
+
+// settleDelay is when, after the upgrade, a connection's engine read
+// deadline is cleared once more. nbio arms a handshake read deadline on
+// the listener goroutine right after handing the socket to a poller; for a
+// client that sends its upgrade request at once, the upgrade (which clears
+// the deadline) can win that race, and the late deadline would then close
+// a healthy connection after the handshake timeout.
+const settleDelay = time.Second
 
 func newHeartbeats(s *Server, shards int) *heartbeats {
 	interval := s.cfg.PingInterval
@@ -70,7 +79,7 @@ func (h *heartbeats) add(c *conn, now int64) {
 	sh := c.hbWhl
 	sh.mu.Lock()
 	c.nextPing = now + rand.Int64N(h.interval) + 1
-	sh.wheel.Add(&c.hb, time.Unix(0, h.nextCheckLocked(c)))
+	sh.wheel.Add(&c.hb, time.Unix(0, min(h.nextCheckLocked(c), now+int64(settleDelay))))
 	sh.mu.Unlock()
 }
 
@@ -134,6 +143,10 @@ func (h *heartbeats) advance(now time.Time) {
 				}
 				return
 			}
+			if !c.settled {
+				c.settled = true
+				sh.fired = append(sh.fired, hbAction{c, hbClearDeadline})
+			}
 			switch {
 			case c.expiry != 0 && ns >= c.expiry:
 				sh.fired = append(sh.fired, hbAction{c, hbExpired})
@@ -164,6 +177,8 @@ func (h *heartbeats) advance(now time.Time) {
 				h.srv.closeConn(a.c, CloseUnauthorized, "token expired", "token_expired")
 			case hbHardClose:
 				_ = a.c.nc.Close()
+			case hbClearDeadline:
+				_ = a.c.nc.SetReadDeadline(time.Time{})
 			}
 		}
 	}

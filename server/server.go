@@ -137,7 +137,7 @@ func (s *Server) Start() error {
 		Addrs:                   []string{ln.Addr().String()},
 		Listen:                  func(string, string) (net.Listener, error) { return ln, nil },
 		NPoller:                 s.cfg.Pollers,
-		MaxLoad:                 max(s.cfg.MaxConns, 0) + 1024,
+		MaxLoad:                 s.maxLoad(),
 		ReadLimit:               s.maxBatchBody() + 64<<10, // bounds what one HTTP request may buffer
 		MaxHTTPBodySize:         s.maxBatchBody(),
 		MaxWriteBufferSize:      s.cfg.MaxConnBuffer,
@@ -359,6 +359,7 @@ func (s *Server) onClose(ws *websocket.Conn, err error) {
 			reason = "client"
 		}
 	}
+	s.log.Debug("connection closed", "conn", c.id, "reason", reason, "err", err)
 	s.hb.remove(c)
 	for _, sub := range subs {
 		s.removeSub(sub)
@@ -412,6 +413,15 @@ func (s *Server) finishClose(c *conn) {
 // jitterMS returns a random delay in milliseconds within ReconnectJitter.
 func (s *Server) jitterMS() int64 {
 	return rand.Int64N(max(1, s.cfg.ReconnectJitter.Milliseconds())) + 1
+}
+
+// maxLoad is the engine's bound on sockets: WebSocket connections plus
+// room for API requests and upgrades in flight.
+func (s *Server) maxLoad() int {
+	if s.cfg.MaxConns < 0 {
+		return nbhttp.DefaultMaxLoad
+	}
+	return s.cfg.MaxConns + 1024
 }
 
 // maxBatchBody bounds the body of one API request: 4 MiB, or four

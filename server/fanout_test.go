@@ -1,0 +1,80 @@
+package server
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"tether/bus"
+)
+
+// discardSubscribers opens n connections subscribed to channel whose
+// readers discard everything after the subscribed reply, so that reading
+// them costs no allocation in the test process.
+func discardSubscribers(t testing.TB, ts *testServer, channel string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		c := mustDial(t, ts.addr)
+		c.sendRaw(`{"op":"subscribe","channel":"` + channel + `"}`)
+		c.expect("subscribed")
+		_ = c.conn.SetReadDeadline(time.Time{})
+		go func(br *bufio.Reader) { _, _ = io.Copy(io.Discard, br) }(c.br)
+		conns = append(conns, c.conn)
+	}
+	return conns
+}
+
+// waitFlushed spins until no connection has frames queued.
+func (s *Server) waitFlushed() {
+	for {
+		idle := true
+		for _, f := range s.flushers {
+			f.mu.Lock()
+			if len(f.queue) > 0 {
+				idle = false
+			}
+			f.mu.Unlock()
+		}
+		if idle {
+			busy := false
+			for i := range s.conns.shards {
+				sh := &s.conns.shards[i]
+				sh.mu.Lock()
+				for _, c := range sh.m {
+					c.mu.Lock()
+					busy = busy || c.queued
+					c.mu.Unlock()
+				}
+				sh.mu.Unlock()
+			}
+			if !busy {
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+}
+
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{1, 100, 1000, 5000} {
+		b.Run("subs="+strconv.Itoa(n), func(b *testing.B) {
+			ts := startServer(b, Config{MaxConns: -1, AcceptRate: -1})
+			discardSubscribers(b, ts, "bench", n)
+			m := bus.Message{Channel: "bench", Epoch: "e", Data: []byte(`{"score":[1,2],"team":"blue"}`)}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				m.Offset = uint64(i + 1)
+				ts.onBusMessage(m)
+				ts.waitFlushed()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
+}
