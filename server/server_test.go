@@ -39,7 +39,7 @@ func startServerWithBus(t testing.TB, cfg Config, b *bus.Bus) *testServer {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: testLogLevel}))
 	s, err := New(cfg, b, log)
 	if err != nil {
 		t.Fatal(err)
@@ -271,3 +271,15 @@ func TestHealthReadyMetrics(t *testing.T) {
 }
 
 func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+func httpPost(addr, body string) (int, error) {
+	resp, err := http.Post("http://"+addr+"/api/publish", "application/json", strings.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+var testLogLevel = slog.LevelWarn
