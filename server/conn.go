@@ -83,9 +83,12 @@ func (c *conn) send(frame []byte) {
 	}
 }
 
-// sendClose queues a close frame as the last frame of c and arranges for
-// the socket to be closed once it is written (or after a grace period if the
-// peer does not read it). It reports whether this call started the close.
+// sendClose queues a close frame as the last frame of c. The peer answers
+// with its own close frame, on which the engine closes the socket; a peer
+// that does not is cut off after closeGrace. Closing at once instead would
+// reset the connection if the peer's frames were still arriving, and the
+// peer could lose the close frame that says why. It reports whether this
+// call started the close.
 func (c *conn) sendClose(code int, reason string, preface []byte) bool {
 	c.mu.Lock()
 	if c.closing || c.closed {
@@ -93,7 +96,6 @@ func (c *conn) sendClose(code int, reason string, preface []byte) bool {
 		return false
 	}
 	c.closing = true
-	c.closeAfterFlush = true
 	if preface != nil {
 		c.pending = append(c.pending, preface)
 	}
@@ -153,6 +155,12 @@ func (c *conn) replyError(id json.RawMessage, e *protoError) {
 func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
 	now := c.srv.clock.Load()
 	c.lastSeen.Store(now)
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return // after our close frame nothing the peer sends matters
+	}
 	if mt != websocket.TextMessage {
 		c.srv.m.protocolErrors("binary").Inc()
 		c.srv.closeConn(c, CloseProtocolViolation, "binary frames are not part of the protocol", "protocol")

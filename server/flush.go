@@ -86,7 +86,6 @@ func (f *flusher) flush(c *conn) {
 	c.pending = c.spare[:0]
 	c.spare = nil
 	c.pendingBytes = 0
-	closeAfter := c.closeAfterFlush && len(bufs) > 0
 	c.mu.Unlock()
 
 	var err error
@@ -116,10 +115,6 @@ func (f *flusher) flush(c *conn) {
 		c.mu.Unlock()
 		return
 	}
-	if closeAfter {
-		c.srv.finishClose(c)
-	}
-
 	c.mu.Lock()
 	c.spare = bufs[:0]
 	if len(c.pending) > 0 {

@@ -18,7 +18,7 @@ import (
 )
 
 func TestHeartbeatTimeout(t *testing.T) {
-	ts := startServer(t, Config{PingInterval: 200 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	ts := startServer(t, Config{PingInterval: 300 * time.Millisecond, PongTimeout: 700 * time.Millisecond})
 	// An answering client stays; a silent one is closed with 4008.
 	alive := mustDial(t, ts.addr)
 	silent := mustDial(t, ts.addr)
@@ -60,6 +60,11 @@ func TestHeartbeatTimeout(t *testing.T) {
 	if code != CloseHeartbeatTimeout || pings == 0 {
 		t.Fatalf("close %d after %d pings", code, pings)
 	}
+	// The silent client never answers the close frame: it is cut off after
+	// closeGrace. The answering one stays.
+	silent.conn.Close()
+	eventually(t, closeGrace+time.Second, func() bool { return ts.Connections() == 1 }, "silent client gone")
+	time.Sleep(200 * time.Millisecond)
 	if ts.Connections() != 1 {
 		t.Fatalf("the answering client was closed too (%d open)", ts.Connections())
 	}

@@ -405,11 +405,6 @@ func (s *Server) slowConsumer(c *conn) {
 	c.sendClose(CloseSlowConsumer, "slow consumer", nil)
 }
 
-// finishClose closes c's socket after its close frame was written.
-func (s *Server) finishClose(c *conn) {
-	_ = c.nc.Close()
-}
-
 // jitterMS returns a random delay in milliseconds within ReconnectJitter.
 func (s *Server) jitterMS() int64 {
 	return rand.Int64N(max(1, s.cfg.ReconnectJitter.Milliseconds())) + 1

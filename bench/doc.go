@@ -1,0 +1,28 @@
+// Package bench is tether's load tool, run as `tether bench <scenario>`.
+//
+// Scenarios: connect (connections per second and handshake latency), idle
+// (server memory per connection and heartbeat CPU), broadcast (delivery
+// latency with exact missing and duplicate counts), throughput (sustained
+// deliveries per second and server CPU per million deliveries) and churn
+// (a reconnect storm: time until all clients are back, 503 refusals, and
+// /healthz latency meanwhile). Every scenario takes several --url values to
+// measure a cluster.
+//
+// The coordinator (Main) starts worker processes from its own binary
+// (`tether bench worker`, hidden) so that the connections can exceed one
+// process's open-file limit; workers talk JSON lines over stdin/stdout (see
+// worker.go), start together at a barrier and send mergeable results:
+// counts add, and latencies travel as histograms (Hist) with bounded
+// relative error, never as averaged percentiles.
+//
+// A worker runs its own minimal WebSocket client on nbio's poller (no
+// goroutine per connection): each connection is a few hundred bytes of
+// state plus a bitset of the sequence numbers it received, so missing and
+// duplicate deliveries are counted exactly. Connections are spread over
+// source addresses (127.0.0.2… on loopback) so that ephemeral ports do not
+// run out.
+//
+// docs/BENCHMARKS.md describes the scenarios, the output and the JSON
+// fields, and holds the measured figures with the commands that produced
+// them.
+package bench

@@ -1,0 +1,5 @@
+package main
+
+import "io/fs"
+
+func staticFS() fs.FS { return nil }
