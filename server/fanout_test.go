@@ -78,3 +78,28 @@ func BenchmarkFanout(b *testing.B) {
 		})
 	}
 }
+
+// TestWriteCoalescing publishes a burst faster than sockets are written
+// and checks that frames queued meanwhile went out together: fewer writes
+// than deliveries.
+func TestWriteCoalescing(t *testing.T) {
+	ts := startServer(t, Config{Flushers: 1})
+	discardSubscribers(t, ts, "burst", 50)
+	writes0 := ts.metric(t, "tether_socket_writes_total")
+	delivered0 := ts.metric(t, "tether_messages_delivered_total")
+	m := bus.Message{Channel: "burst", Epoch: "e", Data: []byte(`{"k":"v"}`)}
+	for i := 0; i < 2000; i++ {
+		m.Offset = uint64(i + 1)
+		ts.onBusMessage(m)
+	}
+	ts.waitFlushed()
+	writes := ts.metric(t, "tether_socket_writes_total") - writes0
+	delivered := ts.metric(t, "tether_messages_delivered_total") - delivered0
+	if delivered != 2000*50 {
+		t.Fatalf("delivered %v", delivered)
+	}
+	t.Logf("%v deliveries in %v writes (%.1f per write)", delivered, writes, delivered/writes)
+	if writes >= delivered/2 {
+		t.Fatalf("%v writes for %v deliveries: frames were not coalesced", writes, delivered)
+	}
+}

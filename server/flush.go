@@ -90,6 +90,7 @@ func (f *flusher) flush(c *conn) {
 
 	var err error
 	for i := 0; i < len(bufs) && err == nil; {
+		f.srv.m.socketWrites.Inc()
 		if i == len(bufs)-1 || len(bufs[i]) >= maxCoalesce {
 			_, err = c.nc.Write(bufs[i])
 			i++

@@ -28,6 +28,7 @@ type serverMetrics struct {
 	heartbeatTimeouts *metrics.Counter
 	slowConsumers     *metrics.Counter
 	coalescedWrites   *metrics.Counter
+	socketWrites      *metrics.Counter
 	recovered         *metrics.Counter
 	notRecovered      *metrics.Counter
 	apiErrors         *metrics.Counter
@@ -75,6 +76,7 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	m.heartbeatTimeouts = set.NewCounter("tether_heartbeat_timeouts_total")
 	m.slowConsumers = set.NewCounter("tether_slow_consumer_disconnects_total")
 	m.coalescedWrites = set.NewCounter("tether_coalesced_writes_total")
+	m.socketWrites = set.NewCounter("tether_socket_writes_total")
 	m.recovered = set.NewCounter(`tether_recoveries_total{result="recovered"}`)
 	m.notRecovered = set.NewCounter(`tether_recoveries_total{result="not_recovered"}`)
 	m.apiErrors = set.NewCounter("tether_api_errors_total")
