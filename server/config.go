@@ -22,8 +22,9 @@ type Config struct {
 	NodeID string
 
 	// MaxConns bounds concurrent WebSocket connections; upgrades over it are
-	// refused with 503. If zero, the soft RLIMIT_NOFILE minus 1,024 is used
-	// (at least 1,024). Negative means no bound.
+	// refused with 503. If zero, the soft RLIMIT_NOFILE minus a reserve for
+	// listeners, API requests and Redis (1/64 of the limit, between 128 and
+	// 4,096) is used. Negative means no bound.
 	MaxConns int
 	// AcceptRate bounds WebSocket upgrades per second (token bucket); upgrades
 	// over it are refused with 503 and a jittered Retry-After. If zero,
@@ -114,10 +115,11 @@ func (c Config) withDefaults() (Config, error) {
 		c.NodeID = fmt.Sprintf("%s-%04x", host, randUint64()&0xffff)
 	}
 	if c.MaxConns == 0 {
-		var rl syscall.Rlimit
 		c.MaxConns = 1024
-		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 2048 {
-			c.MaxConns = int(rl.Cur) - 1024
+		var rl syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 1024 {
+			limit := int(min(rl.Cur, 1<<30))
+			c.MaxConns = limit - min(max(limit/64, 128), 4096)
 		}
 	}
 	if c.AcceptRate == 0 {

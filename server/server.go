@@ -127,7 +127,10 @@ func (s *Server) Start() error {
 	if s.started {
 		return errors.New("server: already started")
 	}
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	// No TCP keepalive: liveness is tether's own heartbeat, and Go would
+	// otherwise spend four setsockopt calls on every accepted connection.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
 	}
