@@ -63,7 +63,7 @@ type channel struct {
 	mu     sync.Mutex
 	subs   []*subscription
 	dead   bool
-	epoch  string // position of the last message delivered live
+	epoch  string // position of the last message delivered live ("" = none yet)
 	offset uint64
 }
 
@@ -119,6 +119,20 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	ch.mu.Lock()
 	sub.idx = len(ch.subs)
 	ch.subs = append(ch.subs, sub)
+	// Fast path: the node already delivers this channel live, so the last
+	// message it delivered is the channel's position as far as this
+	// subscriber can tell, and the client needs nothing from history.
+	// Answering here, under ch.mu, orders the reply before every later live
+	// message, and a reconnect storm onto a busy channel costs the bus
+	// nothing. (A position read from history would not do: messages at or
+	// below it may still be on their way to the node.)
+	fast := ch.epoch != "" && (f.Since == nil || (f.Since.Epoch == ch.epoch && f.Since.Offset == ch.offset))
+	if fast {
+		sub.recovering = false
+		c.send(textFrame(func(b []byte) []byte {
+			return appendSubscribed(b, ch.name, ch.offset, ch.epoch, f.Since != nil, f.ID)
+		}))
+	}
 	ch.mu.Unlock()
 	sh.mu.Unlock()
 	if created {
@@ -134,6 +148,12 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	c.subs = append(c.subs, sub)
 	c.mu.Unlock()
 	s.m.subscriptions.Add(1)
+	if fast {
+		if f.Since != nil {
+			s.m.recovered.Inc()
+		}
+		return
+	}
 
 	var since *bus.Position
 	if f.Since != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"sort"
@@ -373,5 +374,50 @@ func TestChannelsDoNotAccumulate(t *testing.T) {
 	}
 	if ts.metric(t, "tether_channels") != 0 || ts.metric(t, "tether_subscriptions") != 0 {
 		t.Fatal("gauges not back to zero")
+	}
+}
+
+// TestSubscribeToBusyChannel joins a channel that is being published to
+// (the position then comes from the node's live stream, not the bus) and
+// checks that each new subscriber's first message follows the offset in
+// its subscribed reply, with no gap and no duplicate.
+func TestSubscribeToBusyChannel(t *testing.T) {
+	ts := startServer(t, Config{})
+	const ch = "busy"
+	anchor := mustDial(t, ts.addr) // keeps the channel live on the node
+	anchor.send(map[string]any{"op": "subscribe", "channel": ch})
+	anchor.expect("subscribed")
+	go func() { _, _ = io.Copy(io.Discard, anchor.br) }()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := httpPost(ts.addr, `{"channel":"busy","data":1}`); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	for i := 0; i < 20; i++ {
+		c := mustDial(t, ts.addr)
+		c.send(map[string]any{"op": "subscribe", "channel": ch})
+		sub := c.expect("subscribed")
+		last := num(sub["offset"])
+		for k := 0; k < 5; k++ {
+			m := c.expect("message")
+			if off := num(m["offset"]); off != last+1 {
+				t.Fatalf("subscriber %d: offset %d after %d", i, off, last)
+			}
+			last++
+		}
+		c.conn.Close()
 	}
 }
