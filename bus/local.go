@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,10 +15,13 @@ import (
 // interested in it and its history has expired.
 func NewLocal(cfg Config) *Bus {
 	l := &local{
-		cfg:      cfg.withDefaults(),
-		channels: make(map[string]*localChannel),
-		done:     make(chan struct{}),
-		now:      time.Now,
+		cfg:  cfg.withDefaults(),
+		seed: maphash.MakeSeed(),
+		done: make(chan struct{}),
+		now:  time.Now,
+	}
+	for i := range l.shards {
+		l.shards[i].channels = make(map[string]*localChannel)
 	}
 	interval := l.cfg.HistoryTTL / 4
 	if interval > 10*time.Second {
@@ -31,20 +36,31 @@ func NewLocal(cfg Config) *Bus {
 }
 
 type local struct {
-	cfg Config           // immutable after NewLocal
-	now func() time.Time // immutable after NewLocal
+	cfg  Config           // immutable after NewLocal
+	now  func() time.Time // immutable after NewLocal
+	seed maphash.Seed     // immutable after NewLocal
 
 	handler Handler // set before the first publish
 
-	mu       sync.Mutex // guards channels and closed
-	channels map[string]*localChannel
-	closed   bool
+	closed atomic.Bool
+	// Channels are sharded by name so that the sweeper, which visits every
+	// channel, holds one shard's lock at a time and never stalls publishes
+	// to the rest.
+	shards [localShards]localShard
 
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
-// localChannel is one channel's stream. Lock order: local.mu, then
+const localShards = 64
+
+type localShard struct {
+	mu       sync.Mutex
+	channels map[string]*localChannel
+	peak     int // most channels held since the map was last rebuilt
+}
+
+// localChannel is one channel's stream. Lock order: localShard.mu, then
 // localChannel.mu; the handler is called with localChannel.mu held.
 type localChannel struct {
 	mu        sync.Mutex
@@ -54,7 +70,7 @@ type localChannel struct {
 	head      int       // index of the oldest message in hist when full
 	n         int       // messages in hist
 	lastPub   time.Time
-	interest  int // guarded by local.mu
+	interest  int // guarded by localShard.mu
 	histLimit int
 }
 
@@ -66,13 +82,18 @@ func newEpoch() string {
 
 func (l *local) setHandler(h Handler) { l.handler = h }
 
+func (l *local) shard(channel string) *localShard {
+	return &l.shards[maphash.String(l.seed, channel)%localShards]
+}
+
 // channelLocked returns channel's state, creating it when create is set.
-// l.mu must be held.
-func (l *local) channelLocked(channel string, create bool) *localChannel {
-	ch := l.channels[channel]
+// sh.mu must be held.
+func (l *local) channelLocked(sh *localShard, channel string, create bool) *localChannel {
+	ch := sh.channels[channel]
 	if ch == nil && create {
 		ch = &localChannel{epoch: newEpoch(), histLimit: l.cfg.HistorySize, lastPub: l.now()}
-		l.channels[channel] = ch
+		sh.channels[channel] = ch
+		sh.peak = max(sh.peak, len(sh.channels))
 	}
 	return ch
 }
@@ -80,15 +101,15 @@ func (l *local) channelLocked(channel string, create bool) *localChannel {
 func (l *local) publish(pubs []Publication, done func([]Position, error)) {
 	pos := make([]Position, len(pubs))
 	for i, p := range pubs {
-		l.mu.Lock()
-		if l.closed {
-			l.mu.Unlock()
+		if l.closed.Load() {
 			done(nil, ErrClosed)
 			return
 		}
-		ch := l.channelLocked(p.Channel, true)
+		sh := l.shard(p.Channel)
+		sh.mu.Lock()
+		ch := l.channelLocked(sh, p.Channel, true)
 		ch.mu.Lock()
-		l.mu.Unlock()
+		sh.mu.Unlock()
 		ch.offset++
 		m := Message{Channel: p.Channel, Offset: ch.offset, Epoch: ch.epoch, Data: p.Data}
 		ch.appendLocked(m)
@@ -126,33 +147,36 @@ func (ch *localChannel) oldestLocked() uint64 {
 }
 
 func (l *local) subscribe(channel string) {
-	l.mu.Lock()
-	if !l.closed {
-		l.channelLocked(channel, true).interest++
+	if l.closed.Load() {
+		return
 	}
-	l.mu.Unlock()
+	sh := l.shard(channel)
+	sh.mu.Lock()
+	l.channelLocked(sh, channel, true).interest++
+	sh.mu.Unlock()
 }
 
 func (l *local) unsubscribe(channel string) {
-	l.mu.Lock()
-	if ch := l.channelLocked(channel, false); ch != nil && ch.interest > 0 {
+	sh := l.shard(channel)
+	sh.mu.Lock()
+	if ch := l.channelLocked(sh, channel, false); ch != nil && ch.interest > 0 {
 		ch.interest--
 	}
-	l.mu.Unlock()
+	sh.mu.Unlock()
 }
 
 func (l *local) history(ctx context.Context, channel string, since *Position) (History, error) {
 	if err := ctx.Err(); err != nil {
 		return History{}, err
 	}
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+	if l.closed.Load() {
 		return History{}, ErrClosed
 	}
-	ch := l.channelLocked(channel, true)
+	sh := l.shard(channel)
+	sh.mu.Lock()
+	ch := l.channelLocked(sh, channel, true)
 	ch.mu.Lock()
-	l.mu.Unlock()
+	sh.mu.Unlock()
 	defer ch.mu.Unlock()
 	h := History{Top: Position{Offset: ch.offset, Epoch: ch.epoch}}
 	if since == nil {
@@ -193,44 +217,56 @@ func (l *local) sweepLoop(interval time.Duration) {
 }
 
 // sweep frees the history of channels whose last publish is older than the
-// TTL, and the whole state of such channels nobody is interested in.
+// TTL, and the whole state of such channels nobody is interested in. It
+// holds one shard's lock at a time.
 func (l *local) sweep() {
 	cutoff := l.now().Add(-l.cfg.HistoryTTL)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for name, ch := range l.channels {
-		ch.mu.Lock()
-		if ch.lastPub.Before(cutoff) {
-			if ch.interest == 0 {
-				delete(l.channels, name)
-			} else if ch.n > 0 {
-				ch.hist, ch.n, ch.head = nil, 0, 0
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for name, ch := range sh.channels {
+			ch.mu.Lock()
+			if ch.lastPub.Before(cutoff) {
+				if ch.interest == 0 {
+					delete(sh.channels, name)
+				} else if ch.n > 0 {
+					ch.hist, ch.n, ch.head = nil, 0, 0
+				}
 			}
+			ch.mu.Unlock()
 		}
-		ch.mu.Unlock()
+		// Go maps keep their buckets when entries go: after a burst of
+		// short-lived channels, rebuild the map so the memory goes too.
+		if sh.peak > 256 && len(sh.channels) < sh.peak/4 {
+			m := make(map[string]*localChannel, len(sh.channels))
+			for name, ch := range sh.channels {
+				m[name] = ch
+			}
+			sh.channels, sh.peak = m, len(m)
+		}
+		sh.mu.Unlock()
 	}
 }
 
 func (l *local) stats() Stats {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	n := 0
-	for _, ch := range l.channels {
-		if ch.interest > 0 {
-			n++
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for _, ch := range sh.channels {
+			if ch.interest > 0 {
+				n++
+			}
 		}
+		sh.mu.Unlock()
 	}
-	return Stats{Healthy: !l.closed, Channels: n}
+	return Stats{Healthy: !l.closed.Load(), Channels: n}
 }
 
 func (l *local) close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+	if l.closed.Swap(true) {
 		return nil
 	}
-	l.closed = true
-	l.mu.Unlock()
 	close(l.done)
 	l.wg.Wait()
 	return nil
@@ -238,7 +274,12 @@ func (l *local) close() error {
 
 // channelCount reports how many channels hold state (for tests).
 func (l *local) channelCount() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.channels)
+	n := 0
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		n += len(sh.channels)
+		sh.mu.Unlock()
+	}
+	return n
 }
