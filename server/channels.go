@@ -159,24 +159,66 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	if f.Since != nil {
 		since = &bus.Position{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
 	}
-	id := f.ID
-	s.goRecover(func() { s.recover(sub, since, id) })
+	s.recoveries.push(recoveryJob{sub: sub, since: since, id: f.ID})
 }
 
-// goRecover runs fn on a goroutine, at most cfg.Recoveries at once; the
-// rest wait their turn in order.
-func (s *Server) goRecover(fn func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+// recoveryJob is a subscription waiting for its history read.
+type recoveryJob struct {
+	sub   *subscription
+	since *bus.Position
+	id    json.RawMessage
+}
+
+// recoveryQueue hands subscriptions to a fixed set of workers that read
+// history from the bus (a Redis round trip with the Redis bus). A reconnect
+// storm queues small jobs instead of parking a goroutine, with its stack,
+// per subscribe; nbio's callbacks never wait.
+type recoveryQueue struct {
+	mu   sync.Mutex
+	jobs []recoveryJob
+	head int
+	wake chan struct{} // capacity = workers
+}
+
+func (q *recoveryQueue) push(j recoveryJob) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, j)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *recoveryQueue) pop() (recoveryJob, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.jobs) {
+		q.jobs, q.head = q.jobs[:0], 0
+		return recoveryJob{}, false
+	}
+	j := q.jobs[q.head]
+	q.jobs[q.head] = recoveryJob{}
+	q.head++
+	return j, true
+}
+
+func (s *Server) recoveryWorker() {
+	defer s.wg.Done()
+	for {
 		select {
-		case s.recoverSem <- struct{}{}:
 		case <-s.done:
 			return
+		case <-s.recoveries.wake:
 		}
-		defer func() { <-s.recoverSem }()
-		fn()
-	}()
+		for {
+			j, ok := s.recoveries.pop()
+			if !ok {
+				break
+			}
+			s.recover(j.sub, j.since, j.id)
+		}
+	}
 }
 
 // recover reads the channel's position (and the missed messages when since

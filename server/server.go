@@ -38,7 +38,7 @@ type Server struct {
 	fanoutJobs  chan fanoutJob
 	scratchPool sync.Pool // *fanoutScratch
 	syncPool    sync.Pool // *fanoutSync
-	recoverSem  chan struct{}
+	recoveries  recoveryQueue
 
 	clock    atomic.Int64 // coarse unix nanos, advanced by the heartbeat loop
 	nextID   atomic.Uint64
@@ -56,6 +56,10 @@ type Server struct {
 	done chan struct{} // closed by Shutdown
 	wg   sync.WaitGroup
 }
+
+// recoveryWorkers bounds concurrent history reads: enough to keep a
+// Redis connection pool busy during a reconnect storm.
+const recoveryWorkers = 64
 
 // New returns a server that delivers what b carries. It does not listen
 // until Start. b's handler is set to the server.
@@ -77,9 +81,9 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		m:          newServerMetrics(cfg.Metrics),
 		index:      newIndex(),
 		fanoutJobs: make(chan fanoutJob, 256),
-		recoverSem: make(chan struct{}, 4*runtime.GOMAXPROCS(0)+64),
 		done:       make(chan struct{}),
 	}
+	s.recoveries.wake = make(chan struct{}, recoveryWorkers)
 	s.clock.Store(time.Now().UnixNano())
 	s.admit.init(cfg.AcceptRate, cfg.AcceptBurst)
 	s.conns.init()
@@ -167,6 +171,10 @@ func (s *Server) Start() error {
 	for range runtime.GOMAXPROCS(0) {
 		s.wg.Add(1)
 		go s.fanoutWorker()
+	}
+	for range recoveryWorkers {
+		s.wg.Add(1)
+		go s.recoveryWorker()
 	}
 	s.wg.Add(1)
 	go s.hb.run(s.done)
