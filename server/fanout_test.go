@@ -103,3 +103,7 @@ func TestWriteCoalescing(t *testing.T) {
 		t.Fatalf("%v writes for %v deliveries: frames were not coalesced", writes, delivered)
 	}
 }
+
+func busMessageForBench() bus.Message {
+	return bus.Message{Channel: "scores.m1", Offset: 45, Epoch: "e1", Data: []byte(`{"home":2,"away":1,"minute":81}`)}
+}
