@@ -1,0 +1,39 @@
+// Test harness for tether.js, shared by the Node and the browser tests
+// (client/js_test.go, client/browser_test.go): it connects, subscribes one
+// channel and records every message and event for the Go test to inspect.
+import * as tether from "../tether.js";
+
+const EVENTS = ["connecting", "connected", "disconnected", "recovered", "resync_needed", "subscribe_failed"];
+
+/**
+ * @param {string} url
+ * @param {string} channel
+ * @param {object} opts tether.connect options, plus tokenURL: fetch a
+ *   token from there before every attempt.
+ */
+export function start(url, channel, opts = {}) {
+  const o = { ...opts };
+  if (o.tokenURL) {
+    const tokenURL = o.tokenURL;
+    delete o.tokenURL;
+    o.getToken = async () => (await fetch(tokenURL)).text();
+  }
+  const state = { msgs: [], events: [], ready: false };
+  const c = tether.connect(url, o);
+  for (const ev of EVENTS) {
+    c.on(ev, (d) => {
+      const rec = { ev, at: Date.now() };
+      for (const [k, v] of Object.entries(d || {})) rec[k] = v instanceof Error ? v.message : v;
+      state.events.push(rec);
+    });
+  }
+  const sub = c.subscribe(channel, (m) => state.msgs.push([m.offset, m.epoch, m.data]));
+  sub.ready.then(() => (state.ready = true));
+  state.client = c;
+  return state;
+}
+
+/** A JSON-safe snapshot of state. */
+export function snapshot(state) {
+  return { msgs: state.msgs, events: state.events, ready: state.ready, state: state.client.state };
+}

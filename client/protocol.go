@@ -1,0 +1,84 @@
+package client
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"time"
+)
+
+// position is a channel's stream position as sent in "since".
+type position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// outFrame is every frame the client sends (docs/protocol.md,
+// "Client → server"); unused fields are omitted.
+type outFrame struct {
+	Op      string          `json:"op"`
+	Channel string          `json:"channel,omitempty"`
+	Since   *position       `json:"since,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	ID      uint64          `json:"id,omitempty"`
+}
+
+// inFrame is every frame the server sends (docs/protocol.md,
+// "Server → client"); fields absent from a frame keep their zero value.
+type inFrame struct {
+	Op        string          `json:"op"`
+	ID        uint64          `json:"id"`
+	Channel   string          `json:"channel"`
+	Offset    uint64          `json:"offset"`
+	Epoch     string          `json:"epoch"`
+	Recovered bool            `json:"recovered"`
+	Data      json.RawMessage `json:"data"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	AfterMS   int64           `json:"after_ms"`
+}
+
+// welcomeFrame is the server's first frame.
+type welcomeFrame struct {
+	Op             string `json:"op"`
+	Node           string `json:"node"`
+	Conn           string `json:"conn"`
+	PingIntervalMS int64  `json:"ping_interval_ms"`
+}
+
+// pingInterval returns the server's ping interval, or def when the
+// welcome frame did not carry a usable one.
+func (w *welcomeFrame) pingInterval(def time.Duration) time.Duration {
+	if w.PingIntervalMS <= 0 {
+		return def
+	}
+	return time.Duration(w.PingIntervalMS) * time.Millisecond
+}
+
+// Pre-encoded control messages.
+var (
+	pingJSON = []byte(`{"op":"ping"}`)
+	pongJSON = []byte(`{"op":"pong"}`)
+)
+
+// randUint32 returns a random mask key. The key only has to be
+// unpredictable to scripts on the path, which math/rand/v2's ChaCha8
+// source is.
+func randUint32() uint32 { return rand.Uint32() }
+
+// fullJitter returns a uniformly random duration in [0, d).
+func fullJitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}
+
+// backoffWindow is the window of the attempt after failures consecutive
+// failures: MinBackoff doubled per failure, capped at MaxBackoff.
+func backoffWindow(minB, maxB time.Duration, failures int) time.Duration {
+	w := minB
+	for i := 0; i < failures && w < maxB; i++ {
+		w *= 2
+	}
+	return min(w, maxB)
+}
