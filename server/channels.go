@@ -195,6 +195,9 @@ func (q *recoveryQueue) pop() (recoveryJob, bool) {
 	defer q.mu.Unlock()
 	if q.head == len(q.jobs) {
 		q.jobs, q.head = q.jobs[:0], 0
+		if cap(q.jobs) > 1024 {
+			q.jobs = nil // a storm's backlog is not kept for the next one
+		}
 		return recoveryJob{}, false
 	}
 	j := q.jobs[q.head]
