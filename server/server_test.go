@@ -49,7 +49,8 @@ func startServerWithBus(t testing.TB, cfg Config, b *bus.Bus) *testServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Generous: CI runs every package's -race tests at once on two cores.
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {
 			var buf bytes.Buffer
