@@ -222,19 +222,15 @@ func (l *link) writeLoop() {
 		case <-l.wake:
 		case <-t.C:
 		}
-		if backoff > 0 {
-			select {
-			case <-b.done:
-				return
-			case <-time.After(backoff):
-			}
+		if !b.sleep(backoff) {
+			return
 		}
 		if err := l.sync(); err != nil {
 			if !b.isClosed() {
 				b.m.errSubscribe.Inc()
 				b.log.Debug("redis bus pub/sub link failed", "link", l.id, "err", err)
 			}
-			backoff = min(max(2*backoff, 50*time.Millisecond), maxBackoff)
+			backoff = nextBackoff(backoff)
 			wake(l.wake)
 			continue
 		}
@@ -258,14 +254,10 @@ func (l *link) sync() error {
 			if l.alive.Swap(false) {
 				l.backoff = 0
 			} else {
-				l.backoff = min(max(2*l.backoff, 50*time.Millisecond), maxBackoff)
+				l.backoff = nextBackoff(l.backoff)
 			}
-			if l.backoff > 0 {
-				select {
-				case <-b.done:
-					return nil
-				case <-time.After(l.backoff):
-				}
+			if !b.sleep(l.backoff) {
+				return nil
 			}
 		}
 		b.mu.Lock()
@@ -659,12 +651,8 @@ func (b *redisBus) repairLoop() {
 			return
 		case <-b.rwake:
 		}
-		if backoff > 0 {
-			select {
-			case <-b.done:
-				return
-			case <-time.After(backoff):
-			}
+		if !b.sleep(backoff) {
+			return
 		}
 		b.rmu.Lock()
 		q := b.repairQ
@@ -689,7 +677,7 @@ func (b *redisBus) repairLoop() {
 			q = q[n:]
 		}
 		if failed {
-			backoff = min(max(2*backoff, 50*time.Millisecond), maxBackoff)
+			backoff = nextBackoff(backoff)
 		} else {
 			backoff = 0
 		}
@@ -1004,5 +992,26 @@ func (b *redisBus) keepalive() {
 			return
 		}
 		keys = keys[n:]
+	}
+}
+
+// nextBackoff doubles a reconnection delay, from 50 ms up to maxBackoff.
+func nextBackoff(d time.Duration) time.Duration {
+	return min(max(2*d, 50*time.Millisecond), maxBackoff)
+}
+
+// sleep waits d (not at all when d ≤ 0); it reports false when the bus
+// closed meanwhile.
+func (b *redisBus) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-b.done:
+		return false
+	case <-t.C:
+		return true
 	}
 }
