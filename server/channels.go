@@ -280,19 +280,7 @@ func messageFrame(m bus.Message) []byte {
 }
 
 func (s *Server) unsubscribe(c *conn, f clientFrame) {
-	c.mu.Lock()
-	var sub *subscription
-	for i, x := range c.subs {
-		if x.ch.name == f.Channel {
-			sub = x
-			last := len(c.subs) - 1
-			c.subs[i] = c.subs[last]
-			c.subs[last] = nil
-			c.subs = c.subs[:last]
-			break
-		}
-	}
-	c.mu.Unlock()
+	sub := c.takeSub(func(x *subscription) bool { return x.ch.name == f.Channel })
 	if sub == nil {
 		c.replyError(f.ID, errf(codeNotFound, "not subscribed to this channel"))
 		return
@@ -303,19 +291,25 @@ func (s *Server) unsubscribe(c *conn, f clientFrame) {
 
 // dropSub removes sub from both its connection and its channel.
 func (s *Server) dropSub(sub *subscription) {
-	c := sub.c
+	sub.c.takeSub(func(x *subscription) bool { return x == sub })
+	s.removeSub(sub)
+}
+
+// takeSub removes from c's subscriptions the first one match accepts and
+// returns it, or nil.
+func (c *conn) takeSub(match func(*subscription) bool) *subscription {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	for i, x := range c.subs {
-		if x == sub {
+		if match(x) {
 			last := len(c.subs) - 1
 			c.subs[i] = c.subs[last]
 			c.subs[last] = nil
 			c.subs = c.subs[:last]
-			break
+			return x
 		}
 	}
-	c.mu.Unlock()
-	s.removeSub(sub)
+	return nil
 }
 
 // removeSub removes sub from its channel, and the channel from the index
