@@ -76,6 +76,12 @@ type subscription struct {
 	idx        int
 	recovering bool
 	buffered   []bus.Message // live messages held back during recovery
+	// After recovery, live messages up to this position were already sent
+	// from history; a bus may still deliver them (with Redis, a message at
+	// or below the history's top can be in flight on pub/sub when the
+	// history is read). skipUpTo == 0 means nothing to skip.
+	skipEpoch string
+	skipUpTo  uint64
 }
 
 // maxRecoveryBuffer bounds the live messages one recovering subscription
@@ -266,6 +272,10 @@ func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMess
 	}
 	sub.buffered = nil
 	sub.recovering = false
+	if last.Offset > 0 && (ch.epoch != last.Epoch || ch.offset < last.Offset) {
+		// The node's live stream has not reached the history's top yet.
+		sub.skipEpoch, sub.skipUpTo = last.Epoch, last.Offset
+	}
 }
 
 func messageFrame(m bus.Message) []byte {

@@ -64,6 +64,12 @@ func (s *Server) fanoutChunk(subs []*subscription, m *bus.Message, frame []byte)
 			sub.buffered = append(sub.buffered, *m)
 			continue
 		}
+		if sub.skipUpTo != 0 {
+			if m.Epoch == sub.skipEpoch && m.Offset <= sub.skipUpTo {
+				continue // sent from history during recovery
+			}
+			sub.skipUpTo = 0
+		}
 		c := sub.c
 		if c.enqueue(frame) {
 			i := c.flush.idx
