@@ -278,13 +278,15 @@ func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMess
 	}
 }
 
+// messageFrame encodes m as one WebSocket frame in a single allocation:
+// the payload is appended after room for the longest header (10 bytes),
+// and the header is then written just in front of it.
 func messageFrame(m bus.Message) []byte {
 	n := len(`{"op":"message","channel":,"offset":,"data":}`) + len(m.Channel) + 2 + 20 + len(m.Data)
-	h := wsHeaderLen(n) // an upper bound on the payload: the header may shrink
 	buf := make([]byte, 10, 10+n+8)
 	buf = appendMessage(buf, m.Channel, m.Offset, m.Data)
 	p := len(buf) - 10
-	h = wsHeaderLen(p)
+	h := wsHeaderLen(p)
 	putWSHeader(buf[10-h:10], wsText, p)
 	return buf[10-h:]
 }
