@@ -15,3 +15,5 @@ require (
 	golang.org/x/crypto v0.0.0-20210513122933-cd7d49e622d5 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 )
+
+replace github.com/lesismal/nbio => ./third_party/nbio

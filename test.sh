@@ -21,7 +21,7 @@ if ((${#need[@]})); then
 fi
 
 echo "test.sh: gofmt and go vet"
-unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+unformatted=$(gofmt -l $(git ls-files '*.go' ':!third_party/' 2>/dev/null || find . -path ./third_party -prune -o -name '*.go' -print))
 if [[ -n $unformatted ]]; then
 	echo "not gofmt-clean:"
 	echo "$unformatted"
