@@ -1,0 +1,46 @@
+package proto
+
+// Op names: the "op" field of every protocol frame (docs/protocol.md,
+// "Client → server" and "Server → client").
+const (
+	// Sent by clients.
+	OpSubscribe   = "subscribe"
+	OpUnsubscribe = "unsubscribe"
+	OpPublish     = "publish"
+
+	// Sent by both sides: a liveness probe and its answer.
+	OpPing = "ping"
+	OpPong = "pong"
+
+	// Sent by the server.
+	OpWelcome      = "welcome"
+	OpMessage      = "message"
+	OpSubscribed   = "subscribed"
+	OpUnsubscribed = "unsubscribed"
+	OpAck          = "ack"
+	OpError        = "error"
+	OpResync       = "resync"
+	OpReconnect    = "reconnect"
+)
+
+// Error codes: the "code" field of an error frame, and of the JSON body of
+// a refused HTTP request (docs/protocol.md, "Error codes").
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeNotFound     = "not_found"
+	CodeTooLarge     = "too_large"
+	CodeRateLimited  = "rate_limited"
+	CodeLimit        = "limit"
+	CodeUnavailable  = "unavailable"
+)
+
+// Temporary reports whether a request that failed with the error code may
+// succeed when retried later, unchanged.
+func Temporary(code string) bool {
+	return code == CodeUnavailable || code == CodeRateLimited
+}
+
+// MaxIDLen is the longest string a request's "id" may hold, in bytes.
+const MaxIDLen = 64
