@@ -1,0 +1,36 @@
+package wsframe
+
+import (
+	"crypto/sha1"
+	"encoding/base64"
+)
+
+// acceptGUID is the fixed string RFC 6455 (section 4.2.2) appends to the
+// client's key before hashing.
+const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// AcceptKeyLen is the length of a Sec-WebSocket-Accept value.
+const AcceptKeyLen = 28
+
+// AcceptKey returns the Sec-WebSocket-Accept value that answers the
+// Sec-WebSocket-Key value key: base64(SHA-1(key + GUID)). It does not
+// check key; a server checks that it decodes to 16 bytes.
+func AcceptKey(key string) string {
+	var b [AcceptKeyLen]byte
+	return string(appendAccept(b[:0], key))
+}
+
+// AppendAcceptKey appends AcceptKey(key) to dst without allocating when dst
+// has room.
+func AppendAcceptKey(dst, key []byte) []byte {
+	return appendAccept(dst, key)
+}
+
+func appendAccept[S string | []byte](dst []byte, key S) []byte {
+	h := sha1.New()
+	h.Write([]byte(key))
+	h.Write([]byte(acceptGUID))
+	var sum [sha1.Size]byte
+	h.Sum(sum[:0])
+	return base64.StdEncoding.AppendEncode(dst, sum[:])
+}
