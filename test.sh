@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh runs tether's whole test suite on a Debian machine with Go. It
 # first installs what the suite needs and the machine lacks (redis-server,
-# redis-cli, Chromium and its driver), then checks formatting and vet, runs
+# redis-cli, Chromium and its driver, HAProxy and nginx for the load
+# balancer tests), then checks formatting and vet, runs
 # every test with the race detector (fuzz seed corpora included), and runs
 # the allocation tests, which only mean something without -race.
 set -euo pipefail
@@ -12,6 +13,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Debian puts these two in /usr/sbin, which is not on every user's PATH.
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
 if ((${#need[@]})); then
 	echo "test.sh: installing ${need[*]}"
 	sudo=""

@@ -1,6 +1,7 @@
 // Package testutil holds helpers for tether's tests: real redis-server
-// processes (standalone and cluster), wait helpers and a goroutine-leak
-// check. It is imported by tests only.
+// processes (standalone and cluster), HAProxy and nginx in front of test
+// nodes, wait helpers and a goroutine-leak check. It is imported by tests
+// only.
 package testutil
 
 import (
