@@ -1,0 +1,139 @@
+package bus
+
+import (
+	"context"
+	"hash/maphash"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// rchan is the node's state of one channel it has interest in.
+type rchan struct {
+	name string // immutable
+	base string // immutable: the pub/sub channel, prefix{name}
+
+	// Guarded by redisBus.mu.
+	refs     int       // local subscribers
+	lingerAt time.Time // when refs is 0: when to unsubscribe in Redis
+	link     *link     // nil while unrouted (cluster mode)
+	sent     bool      // SUBSCRIBE written on link's current connection
+
+	mu        sync.Mutex
+	dead      bool          // removed from the bus: deliver nothing more
+	active    bool          // the server confirmed the subscription on the current connection
+	activeCh  chan struct{} // closed when active becomes true
+	known     bool          // last and epoch hold the last delivered position
+	last      uint64
+	epoch     string
+	repairing bool      // a gap is being repaired: live messages go to buf
+	queued    bool      // in redisBus.repairQ
+	buf       []Message // live messages received while repairing, in order
+	overflow  bool      // buf was full and messages were dropped from it
+}
+
+var chanSeed = maphash.MakeSeed()
+
+// subscribe implements backend.
+func (b *redisBus) subscribe(channel string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.isClosed() {
+		return
+	}
+	c := b.chans[channel]
+	if c == nil {
+		c = &rchan{name: channel, base: pubsubName(b.cfg.KeyPrefix, channel), activeCh: make(chan struct{}), refs: 1}
+		b.chans[channel] = c
+		b.interest++
+		b.routeLocked(c)
+		return
+	}
+	c.refs++
+	if c.refs == 1 {
+		b.interest++
+		c.lingerAt = time.Time{}
+		if c.link != nil {
+			delete(c.link.lingering, c)
+		}
+	}
+}
+
+// unsubscribe implements backend.
+func (b *redisBus) unsubscribe(channel string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.chans[channel]
+	if c == nil || c.refs == 0 {
+		return
+	}
+	c.refs--
+	if c.refs > 0 {
+		return
+	}
+	b.interest--
+	c.lingerAt = time.Now().Add(max(b.cfg.Linger, 0))
+	if c.link != nil {
+		c.link.lingering[c] = struct{}{}
+		if b.cfg.Linger <= 0 {
+			wake(c.link.wake)
+		}
+	}
+}
+
+// routeLocked gives c to the link that serves it: by hash in standalone
+// mode, or to the janitor, which asks the cluster for the slot's master.
+// b.mu must be held.
+func (b *redisBus) routeLocked(c *rchan) {
+	c.link, c.sent = nil, false
+	if b.cluster == nil {
+		l := b.links[strconv.Itoa(int(maphash.String(chanSeed, c.name)%uint64(len(b.links))))]
+		l.addLocked(c)
+		return
+	}
+	if b.unrouted == nil {
+		b.unrouted = make(map[*rchan]struct{})
+	}
+	b.unrouted[c] = struct{}{}
+	wake(b.routeWake)
+}
+
+// route assigns every unrouted channel to its slot master's link, and
+// reports whether all could be.
+func (b *redisBus) route() bool {
+	if b.cluster == nil {
+		return true
+	}
+	b.mu.Lock()
+	todo := make([]*rchan, 0, len(b.unrouted))
+	for c := range b.unrouted {
+		todo = append(todo, c)
+	}
+	b.mu.Unlock()
+	ok := true
+	for _, c := range todo {
+		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CommandTimeout)
+		node, err := b.cluster.MasterForKey(ctx, c.base)
+		cancel()
+		if err != nil {
+			ok = false
+			break
+		}
+		addr := node.Options().Addr
+		b.mu.Lock()
+		if _, still := b.unrouted[c]; still && b.chans[c.name] == c {
+			delete(b.unrouted, c)
+			l := b.links[addr]
+			if l == nil {
+				l = b.newLink(addr, node, true)
+				b.links[addr] = l
+				l.start()
+			}
+			l.addLocked(c)
+		} else {
+			delete(b.unrouted, c)
+		}
+		b.mu.Unlock()
+	}
+	return ok
+}
