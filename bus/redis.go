@@ -116,10 +116,10 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 		histScript: redis.NewScript(historyScript),
 		ttlMillis:  strconv.FormatInt(cfg.HistoryTTL.Milliseconds(), 10),
 		histSize:   strconv.Itoa(cfg.HistorySize),
-		chans:      make(map[string]*rchan),
+		chans:      make(map[string]*redisChannel),
 		links:      make(map[string]*link),
-		qwake:      make(chan struct{}, 1),
-		rwake:      make(chan struct{}, 1),
+		queueWake:  make(chan struct{}, 1),
+		repairWake: make(chan struct{}, 1),
 		routeWake:  make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
@@ -187,8 +187,9 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 	return &Bus{be: b}, nil
 }
 
-// redisBus is the Redis backend. Lock order: mu, then link.mu; rchan.mu is
-// never held together with mu or link.mu; qmu and rmu are leaves.
+// redisBus is the Redis backend. Lock order: mu, then link.mu;
+// redisChannel.mu is never held together with mu or link.mu; queueMu and
+// repairMu are leaves.
 type redisBus struct {
 	// Immutable after NewRedis.
 	cfg        RedisConfig
@@ -210,22 +211,22 @@ type redisBus struct {
 	healthy  atomic.Bool // Redis answered the last command or ping
 	needLoad atomic.Bool // the publish script may be missing from Redis
 
-	qmu    sync.Mutex // guards queue, queued and closed
-	queue  []pubReq
-	queued int // messages in queue
-	closed bool
-	qwake  chan struct{}
+	queueMu   sync.Mutex // guards queue, queued and closed
+	queue     []pubReq
+	queued    int // messages in queue
+	closed    bool
+	queueWake chan struct{}
 
-	mu        sync.Mutex // guards chans, links, unrouted, interest and the rchan/link fields it names
-	chans     map[string]*rchan
+	mu        sync.Mutex // guards chans, links, unrouted, interest and the redisChannel/link fields it names
+	chans     map[string]*redisChannel
 	links     map[string]*link // by shard number, or by node address in cluster mode
-	unrouted  map[*rchan]struct{}
+	unrouted  map[*redisChannel]struct{}
 	interest  int // channels with refs > 0
 	routeWake chan struct{}
 
-	rmu     sync.Mutex // guards repairQ
-	repairQ []*rchan
-	rwake   chan struct{}
+	repairMu    sync.Mutex // guards repairQueue
+	repairQueue []*redisChannel
+	repairWake  chan struct{}
 }
 
 // start runs fn on a goroutine counted by b.wg.
@@ -353,9 +354,9 @@ func (b *redisBus) healthLoop() {
 
 // stats implements backend.
 func (b *redisBus) stats() Stats {
-	b.qmu.Lock()
+	b.queueMu.Lock()
 	queued := b.queued
-	b.qmu.Unlock()
+	b.queueMu.Unlock()
 	b.mu.Lock()
 	n := b.interest
 	healthy := b.healthy.Load()
@@ -370,13 +371,13 @@ func (b *redisBus) stats() Stats {
 
 // close implements backend.
 func (b *redisBus) close() error {
-	b.qmu.Lock()
+	b.queueMu.Lock()
 	if b.closed {
-		b.qmu.Unlock()
+		b.queueMu.Unlock()
 		return nil
 	}
 	b.closed = true
-	b.qmu.Unlock()
+	b.queueMu.Unlock()
 	close(b.done)
 	b.cancel()
 	b.mu.Lock()

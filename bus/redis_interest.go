@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// rchan is the node's state of one channel it has interest in.
-type rchan struct {
-	name string // immutable
-	base string // immutable: the pub/sub channel, prefix{name}
+// redisChannel is the node's state of one channel it has interest in.
+type redisChannel struct {
+	name          string // immutable
+	pubsubChannel string // immutable: the pub/sub channel, prefix{name}
 
 	// Guarded by redisBus.mu.
 	refs     int       // local subscribers
@@ -19,20 +19,20 @@ type rchan struct {
 	link     *link     // nil while unrouted (cluster mode)
 	sent     bool      // SUBSCRIBE written on link's current connection
 
-	mu        sync.Mutex
-	dead      bool          // removed from the bus: deliver nothing more
-	active    bool          // the server confirmed the subscription on the current connection
-	activeCh  chan struct{} // closed when active becomes true
-	known     bool          // last and epoch hold the last delivered position
-	last      uint64
-	epoch     string
-	repairing bool      // a gap is being repaired: live messages go to buf
-	queued    bool      // in redisBus.repairQ
-	buf       []Message // live messages received while repairing, in order
-	overflow  bool      // buf was full and messages were dropped from it
+	mu           sync.Mutex
+	dead         bool          // removed from the bus: deliver nothing more
+	active       bool          // the server confirmed the subscription on the current connection
+	activeCh     chan struct{} // closed when active becomes true
+	known        bool          // last and epoch hold the last delivered position
+	last         uint64
+	epoch        string
+	repairing    bool      // a gap is being repaired: live messages go to held
+	repairQueued bool      // in redisBus.repairQueue
+	held         []Message // live messages received while repairing, in order
+	heldOverflow bool      // held was full and messages were dropped from it
 }
 
-var chanSeed = maphash.MakeSeed()
+var channelSeed = maphash.MakeSeed()
 
 // subscribe implements backend.
 func (b *redisBus) subscribe(channel string) {
@@ -43,7 +43,7 @@ func (b *redisBus) subscribe(channel string) {
 	}
 	c := b.chans[channel]
 	if c == nil {
-		c = &rchan{name: channel, base: pubsubName(b.cfg.KeyPrefix, channel), activeCh: make(chan struct{}), refs: 1}
+		c = &redisChannel{name: channel, pubsubChannel: pubsubName(b.cfg.KeyPrefix, channel), activeCh: make(chan struct{}), refs: 1}
 		b.chans[channel] = c
 		b.interest++
 		b.routeLocked(c)
@@ -84,15 +84,15 @@ func (b *redisBus) unsubscribe(channel string) {
 // routeLocked gives c to the link that serves it: by hash in standalone
 // mode, or to the janitor, which asks the cluster for the slot's master.
 // b.mu must be held.
-func (b *redisBus) routeLocked(c *rchan) {
+func (b *redisBus) routeLocked(c *redisChannel) {
 	c.link, c.sent = nil, false
 	if b.cluster == nil {
-		l := b.links[strconv.Itoa(int(maphash.String(chanSeed, c.name)%uint64(len(b.links))))]
+		l := b.links[strconv.Itoa(int(maphash.String(channelSeed, c.name)%uint64(len(b.links))))]
 		l.addLocked(c)
 		return
 	}
 	if b.unrouted == nil {
-		b.unrouted = make(map[*rchan]struct{})
+		b.unrouted = make(map[*redisChannel]struct{})
 	}
 	b.unrouted[c] = struct{}{}
 	wake(b.routeWake)
@@ -105,7 +105,7 @@ func (b *redisBus) route() bool {
 		return true
 	}
 	b.mu.Lock()
-	todo := make([]*rchan, 0, len(b.unrouted))
+	todo := make([]*redisChannel, 0, len(b.unrouted))
 	for c := range b.unrouted {
 		todo = append(todo, c)
 	}
@@ -113,7 +113,7 @@ func (b *redisBus) route() bool {
 	ok := true
 	for _, c := range todo {
 		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CommandTimeout)
-		node, err := b.cluster.MasterForKey(ctx, c.base)
+		node, err := b.cluster.MasterForKey(ctx, c.pubsubChannel)
 		cancel()
 		if err != nil {
 			ok = false

@@ -34,7 +34,7 @@ func (b *redisBus) keepalive() {
 	b.mu.Lock()
 	keys := make([]string, 0, len(b.chans))
 	for _, c := range b.chans {
-		meta, _ := channelKeys(c.base)
+		meta, _ := channelKeys(c.pubsubChannel)
 		keys = append(keys, meta)
 	}
 	b.mu.Unlock()

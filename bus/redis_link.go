@@ -24,10 +24,10 @@ type link struct {
 	alive   atomic.Bool   // the current connection received something
 
 	// Guarded by redisBus.mu.
-	chans     map[*rchan]struct{} // every channel routed here
-	dirty     map[*rchan]struct{} // channels whose SUBSCRIBE is not yet sent
-	lingering map[*rchan]struct{} // channels with refs 0
-	unsubs    map[string]int      // UNSUBSCRIBEs sent and not yet confirmed
+	chans     map[*redisChannel]struct{} // every channel routed here
+	dirty     map[*redisChannel]struct{} // channels whose SUBSCRIBE is not yet sent
+	lingering map[*redisChannel]struct{} // channels with refs 0
+	unsubs    map[string]int             // UNSUBSCRIBEs sent and not yet confirmed
 
 	mu       sync.Mutex // guards ps, psBroken, psReady, closed
 	ps       *redis.PubSub
@@ -42,9 +42,9 @@ func (b *redisBus) newLink(id string, node *redis.Client, sharded bool) *link {
 	return &link{
 		b: b, id: id, node: node, sharded: sharded,
 		wake:      make(chan struct{}, 1),
-		chans:     make(map[*rchan]struct{}),
-		dirty:     make(map[*rchan]struct{}),
-		lingering: make(map[*rchan]struct{}),
+		chans:     make(map[*redisChannel]struct{}),
+		dirty:     make(map[*redisChannel]struct{}),
+		lingering: make(map[*redisChannel]struct{}),
 		unsubs:    make(map[string]int),
 		psReady:   make(chan struct{}),
 		psBroken:  true, // the writer makes the first connection
@@ -58,7 +58,7 @@ func (l *link) start() {
 }
 
 // addLocked routes c to l. redisBus.mu must be held.
-func (l *link) addLocked(c *rchan) {
+func (l *link) addLocked(c *redisChannel) {
 	c.link = l
 	l.chans[c] = struct{}{}
 	l.dirty[c] = struct{}{}
@@ -69,7 +69,7 @@ func (l *link) addLocked(c *rchan) {
 }
 
 // removeLocked unroutes c from l. redisBus.mu must be held.
-func (l *link) removeLocked(c *rchan) {
+func (l *link) removeLocked(c *redisChannel) {
 	delete(l.chans, c)
 	delete(l.dirty, c)
 	delete(l.lingering, c)
@@ -143,7 +143,7 @@ func (l *link) sync() error {
 	ps, isBroken, _ := l.current()
 	if isBroken {
 		if ps != nil {
-			l.reset(ps)
+			l.afterLoss(ps)
 			l.mu.Lock()
 			l.ps = nil
 			l.mu.Unlock()
@@ -188,7 +188,7 @@ func (l *link) sync() error {
 	// Collect the changes.
 	now := time.Now()
 	var subs, unsubs []string
-	var gone []*rchan
+	var gone []*redisChannel
 	b.mu.Lock()
 	for c := range l.lingering {
 		if c.refs > 0 {
@@ -197,8 +197,8 @@ func (l *link) sync() error {
 		}
 		if !now.Before(c.lingerAt) {
 			if c.sent {
-				unsubs = append(unsubs, c.base)
-				l.unsubs[c.base]++
+				unsubs = append(unsubs, c.pubsubChannel)
+				l.unsubs[c.pubsubChannel]++
 			}
 			l.removeLocked(c)
 			delete(b.chans, c.name)
@@ -206,7 +206,7 @@ func (l *link) sync() error {
 		}
 	}
 	for c := range l.dirty {
-		subs = append(subs, c.base)
+		subs = append(subs, c.pubsubChannel)
 		c.sent = true
 		delete(l.dirty, c)
 	}
@@ -214,7 +214,7 @@ func (l *link) sync() error {
 	for _, c := range gone {
 		c.mu.Lock()
 		c.dead = true
-		c.buf = nil
+		c.held = nil
 		c.mu.Unlock()
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CommandTimeout)
@@ -274,10 +274,10 @@ func (l *link) send(ctx context.Context, ps *redis.PubSub, unsub bool, names []s
 	return nil
 }
 
-// reset handles the loss of ps: every channel of the link must be
+// afterLoss handles the loss of ps: every channel of the link must be
 // subscribed again and, once it is, repaired from history. In cluster mode
 // the channels are routed anew, since the slot may have moved.
-func (l *link) reset(ps *redis.PubSub) {
+func (l *link) afterLoss(ps *redis.PubSub) {
 	b := l.b
 	_ = ps.Close()
 	if l.alive.Load() {
@@ -285,7 +285,7 @@ func (l *link) reset(ps *redis.PubSub) {
 		b.log.Warn("redis bus pub/sub connection lost; resubscribing", "link", l.id)
 	}
 	b.mu.Lock()
-	all := make([]*rchan, 0, len(l.chans))
+	all := make([]*redisChannel, 0, len(l.chans))
 	for c := range l.chans {
 		all = append(all, c)
 	}

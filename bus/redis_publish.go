@@ -22,27 +22,27 @@ func (b *redisBus) publish(pubs []Publication, done func([]Position, error)) {
 		done(nil, nil)
 		return
 	}
-	b.qmu.Lock()
+	b.queueMu.Lock()
 	switch {
 	case b.closed:
-		b.qmu.Unlock()
+		b.queueMu.Unlock()
 		done(nil, ErrClosed)
 		return
 	case !b.healthy.Load():
-		b.qmu.Unlock()
+		b.queueMu.Unlock()
 		b.m.errPublish.Inc()
 		done(nil, unavailable("publish", errUnreachable))
 		return
 	case b.queued+len(pubs) > b.cfg.QueueSize:
-		b.qmu.Unlock()
+		b.queueMu.Unlock()
 		b.m.errPublish.Inc()
 		done(nil, unavailable("publish", errQueueFull))
 		return
 	}
 	b.queue = append(b.queue, pubReq{pubs: pubs, done: done})
 	b.queued += len(pubs)
-	b.qmu.Unlock()
-	wake(b.qwake)
+	b.queueMu.Unlock()
+	wake(b.queueWake)
 }
 
 // flushLoop sends queued publishes as pipelines, one batch at a time: a
@@ -55,7 +55,7 @@ func (b *redisBus) flushLoop() {
 		case <-b.done:
 			b.failQueue(ErrClosed)
 			return
-		case <-b.qwake:
+		case <-b.queueWake:
 		}
 		for {
 			batch = b.takeBatch(batch[:0])
@@ -75,8 +75,8 @@ func (b *redisBus) flushLoop() {
 // takeBatch moves up to maxPublishBatch messages (whole requests, at least
 // one) from the queue to dst.
 func (b *redisBus) takeBatch(dst []pubReq) []pubReq {
-	b.qmu.Lock()
-	defer b.qmu.Unlock()
+	b.queueMu.Lock()
+	defer b.queueMu.Unlock()
 	n, i := 0, 0
 	for i < len(b.queue) && (i == 0 || n+len(b.queue[i].pubs) <= maxPublishBatch) {
 		n += len(b.queue[i].pubs)
@@ -92,10 +92,10 @@ func (b *redisBus) takeBatch(dst []pubReq) []pubReq {
 
 // failQueue fails every queued publish with err.
 func (b *redisBus) failQueue(err error) {
-	b.qmu.Lock()
+	b.queueMu.Lock()
 	q := b.queue
 	b.queue, b.queued = nil, 0
-	b.qmu.Unlock()
+	b.queueMu.Unlock()
 	b.failBatch(q, err)
 }
 

@@ -10,7 +10,7 @@ import (
 
 // deactivate records that c's subscription is gone: History waits again,
 // and a channel with a known position repairs its gap once resubscribed.
-func (c *rchan) deactivate() {
+func (c *redisChannel) deactivate() {
 	c.mu.Lock()
 	if c.active {
 		c.active = false
@@ -24,7 +24,7 @@ func (c *rchan) deactivate() {
 
 // activate marks c's subscription active and schedules the read that sets
 // its baseline position or repairs its gap.
-func (c *rchan) activate(b *redisBus) {
+func (c *redisChannel) activate(b *redisBus) {
 	c.mu.Lock()
 	if !c.active {
 		c.active = true
@@ -77,7 +77,7 @@ func (b *redisBus) receive(name, payload string) {
 
 // offerLocked delivers m unless it is a duplicate, and reports whether m
 // shows a gap before it (then m is not delivered). c.mu must be held.
-func (b *redisBus) offerLocked(c *rchan, m Message) (gap bool) {
+func (b *redisBus) offerLocked(c *redisChannel, m Message) (gap bool) {
 	switch {
 	case !c.known:
 		c.known = true
@@ -98,30 +98,30 @@ func (b *redisBus) offerLocked(c *rchan, m Message) (gap bool) {
 }
 
 // bufferLocked keeps m for after the repair. c.mu must be held.
-func (c *rchan) bufferLocked(m Message) {
-	if len(c.buf) >= maxRepairBuffer {
-		c.overflow = true
+func (c *redisChannel) bufferLocked(m Message) {
+	if len(c.held) >= maxRepairBuffer {
+		c.heldOverflow = true
 		return
 	}
-	c.buf = append(c.buf, m)
+	c.held = append(c.held, m)
 }
 
 // queueRepair schedules a history read for c.
-func (b *redisBus) queueRepair(c *rchan) {
+func (b *redisBus) queueRepair(c *redisChannel) {
 	c.mu.Lock()
-	if c.queued || c.dead {
+	if c.repairQueued || c.dead {
 		c.mu.Unlock()
 		return
 	}
-	c.queued = true
+	c.repairQueued = true
 	c.mu.Unlock()
-	b.rmu.Lock()
-	b.repairQ = append(b.repairQ, c)
-	b.rmu.Unlock()
-	wake(b.rwake)
+	b.repairMu.Lock()
+	b.repairQueue = append(b.repairQueue, c)
+	b.repairMu.Unlock()
+	wake(b.repairWake)
 }
 
-// repairLoop reads history for the channels in repairQ, many per pipeline:
+// repairLoop reads history for the channels in repairQueue, many per pipeline:
 // a channel whose position is unknown learns it, a channel with a gap gets
 // the missed messages (or OnGap when history no longer covers them).
 func (b *redisBus) repairLoop() {
@@ -130,15 +130,15 @@ func (b *redisBus) repairLoop() {
 		select {
 		case <-b.done:
 			return
-		case <-b.rwake:
+		case <-b.repairWake:
 		}
 		if !b.sleep(backoff) {
 			return
 		}
-		b.rmu.Lock()
-		q := b.repairQ
-		b.repairQ = nil
-		b.rmu.Unlock()
+		b.repairMu.Lock()
+		q := b.repairQueue
+		b.repairQueue = nil
+		b.repairMu.Unlock()
 		failed := false
 		for len(q) > 0 {
 			n := min(len(q), maxRepairBatch)
@@ -148,7 +148,7 @@ func (b *redisBus) repairLoop() {
 				// Try again later, with everything not yet done.
 				for _, c := range q {
 					c.mu.Lock()
-					c.queued = false
+					c.repairQueued = false
 					c.mu.Unlock()
 					b.queueRepair(c)
 				}
@@ -166,11 +166,11 @@ func (b *redisBus) repairLoop() {
 }
 
 // repair reads the history of chans in one pipeline and applies it.
-func (b *redisBus) repair(chans []*rchan) error {
+func (b *redisBus) repair(chans []*redisChannel) error {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CommandTimeout)
 	defer cancel()
 	type read struct {
-		c     *rchan
+		c     *redisChannel
 		since *Position
 		cmd   *redis.Cmd
 	}
@@ -179,7 +179,7 @@ func (b *redisBus) repair(chans []*rchan) error {
 	pipe := b.client.Pipeline()
 	for _, c := range chans {
 		c.mu.Lock()
-		c.queued = false
+		c.repairQueued = false
 		var since *Position
 		if c.known {
 			since = &Position{Offset: c.last, Epoch: c.epoch}
@@ -189,7 +189,7 @@ func (b *redisBus) repair(chans []*rchan) error {
 		if dead {
 			continue
 		}
-		reads = append(reads, read{c: c, since: since, cmd: b.historyCmd(ctx, pipe, c.base, since, epoch)})
+		reads = append(reads, read{c: c, since: since, cmd: b.historyCmd(ctx, pipe, c.pubsubChannel, since, epoch)})
 	}
 	if len(reads) == 0 {
 		return nil
@@ -213,7 +213,7 @@ func (b *redisBus) repair(chans []*rchan) error {
 
 // applyRepair delivers what a history read found, then the live messages
 // buffered meanwhile.
-func (b *redisBus) applyRepair(c *rchan, since *Position, h History) {
+func (b *redisBus) applyRepair(c *redisChannel, since *Position, h History) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.dead {
@@ -245,12 +245,12 @@ func (b *redisBus) applyRepair(c *rchan, since *Position, h History) {
 		return
 	}
 	c.repairing = false
-	buf, overflow := c.buf, c.overflow
-	c.buf, c.overflow = nil, false
+	buf, overflow := c.held, c.heldOverflow
+	c.held, c.heldOverflow = nil, false
 	for i, m := range buf {
 		if b.offerLocked(c, m) {
 			c.repairing = true
-			c.buf = append(c.buf, buf[i:]...)
+			c.held = append(c.held, buf[i:]...)
 			break
 		}
 	}
@@ -259,10 +259,10 @@ func (b *redisBus) applyRepair(c *rchan, since *Position, h History) {
 	}
 	if c.repairing {
 		// Another round; queueRepair takes c.mu, so hand it to the loop.
-		c.queued = true
-		b.rmu.Lock()
-		b.repairQ = append(b.repairQ, c)
-		b.rmu.Unlock()
-		wake(b.rwake)
+		c.repairQueued = true
+		b.repairMu.Lock()
+		b.repairQueue = append(b.repairQueue, c)
+		b.repairMu.Unlock()
+		wake(b.repairWake)
 	}
 }

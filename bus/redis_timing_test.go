@@ -63,8 +63,8 @@ func TestRedisDeliveryAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocations differ under -race")
 	}
-	b := &redisBus{cfg: RedisConfig{KeyPrefix: "tether:"}, chans: make(map[string]*rchan)}
-	c := &rchan{name: "c", base: "tether:{c}", known: true, epoch: "e1", activeCh: make(chan struct{})}
+	b := &redisBus{cfg: RedisConfig{KeyPrefix: "tether:"}, chans: make(map[string]*redisChannel)}
+	c := &redisChannel{name: "c", pubsubChannel: "tether:{c}", known: true, epoch: "e1", activeCh: make(chan struct{})}
 	b.chans["c"] = c
 	var n int
 	b.setHandler(Handler{OnMessage: func(m Message) { n += len(m.Data) }})
