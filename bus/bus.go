@@ -1,10 +1,3 @@
-// Package bus carries published messages between tether nodes.
-//
-// A Bus assigns every message its channel's next offset, keeps a bounded
-// history per channel so that reconnecting clients can recover what they
-// missed, and hands each message to the node's handler in offset order.
-// The in-process bus (NewLocal) serves a single node; the Redis bus
-// (NewRedis) lets several nodes share channels.
 package bus
 
 import (

@@ -1,0 +1,26 @@
+// Package bus carries published messages between tether nodes.
+//
+// A Bus assigns every message its channel's next offset, keeps a bounded
+// history per channel so that reconnecting clients can recover what they
+// missed, and hands each message to the node's handler in offset order.
+// The in-process bus (NewLocal) serves a single node; the Redis bus
+// (NewRedis) lets several nodes share channels. docs/cluster.md explains
+// the Redis design.
+//
+// Where to find:
+//
+//	concern                                          file
+//	Bus, Handler, History, Position: the contract    bus.go
+//	the in-process bus                               local.go
+//	Redis bus: config, construction, health, close   redis.go
+//	publishing: bounded queue, pipelined flusher     redis_publish.go
+//	interest: subscribe, unsubscribe, linger,        redis_interest.go
+//	  routing a channel to its pub/sub connection
+//	the pub/sub connections, their writer and        redis_link.go
+//	  reader loops, reconnect backoff
+//	delivery in offset order, gap detection and      redis_repair.go
+//	  repair from history
+//	history reads for subscribers                    redis_history.go
+//	janitor: cluster routing retries, TTL keepalive  redis_janitor.go
+//	Redis key layout, payload format, Lua scripts    redis_wire.go
+package bus
