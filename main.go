@@ -61,6 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	c := &o.cfg
 	fs.StringVar(&c.Listen, "listen", ":8080", "TCP address for WebSocket (/ws) and HTTP")
+	fs.StringVar(&c.APIListen, "api-listen", "", "private TCP address for /api/, /metrics, /healthz, /readyz; when set, --listen serves only /ws and /")
 	fs.StringVar(&c.NodeID, "node-id", "", "node name in welcome frames and metrics (default: host name + random suffix)")
 	fs.IntVar(&c.MaxConns, "max-conns", 0, "max concurrent connections; 0 = the file limit minus a 1/64 reserve (128…4096), -1 = no bound")
 	fs.Float64Var(&c.AcceptRate, "accept-rate", 10000, "max upgrades per second (token bucket); over it 503 + jittered Retry-After; -1 = no bound")

@@ -17,9 +17,27 @@ import (
 // maxBatch bounds the messages of one batch publish.
 const maxBatch = 1000
 
-func (s *Server) routes() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ws", s.upgrade)
+// routes returns the handlers of the public listener and of the private
+// API listener. Without Config.APIListen the public one serves everything
+// and the private one is unused; with it, the public listener serves only
+// /ws and the static files, so no load balancer in front of it can expose
+// the API or the metrics.
+func (s *Server) routes() (public, private http.Handler) {
+	api := http.NewServeMux()
+	s.apiRoutes(api)
+	pub := http.NewServeMux()
+	pub.HandleFunc("/ws", s.upgrade)
+	s.staticRoutes(pub)
+	if s.cfg.APIListen == "" {
+		s.apiRoutes(pub)
+	} else {
+		api.HandleFunc("/", notFound)
+	}
+	return pub, api
+}
+
+// apiRoutes adds the HTTP API, metrics and health endpoints to mux.
+func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("/api/publish", s.apiPublish)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -30,25 +48,31 @@ func (s *Server) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.m.write(w)
 	})
-	if s.cfg.StaticFS != nil {
-		files := http.FileServerFS(s.cfg.StaticFS)
-		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/" {
-				http.ServeFileFS(w, r, s.cfg.StaticFS, "demo/index.html")
-				return
-			}
-			if _, err := fs.Stat(s.cfg.StaticFS, r.URL.Path[1:]); err != nil {
-				httpError(w, http.StatusNotFound, codeNotFound, "no such page")
-				return
-			}
-			files.ServeHTTP(w, r)
-		})
-	} else {
-		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-			httpError(w, http.StatusNotFound, codeNotFound, "no such page")
-		})
+}
+
+// staticRoutes serves Config.StaticFS at "/" ("/" → demo/index.html), or
+// 404 for every other path when it is nil.
+func (s *Server) staticRoutes(mux *http.ServeMux) {
+	if s.cfg.StaticFS == nil {
+		mux.HandleFunc("/", notFound)
+		return
 	}
-	return mux
+	files := http.FileServerFS(s.cfg.StaticFS)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/" {
+			http.ServeFileFS(w, r, s.cfg.StaticFS, "demo/index.html")
+			return
+		}
+		if _, err := fs.Stat(s.cfg.StaticFS, r.URL.Path[1:]); err != nil {
+			notFound(w, r)
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
+}
+
+func notFound(w http.ResponseWriter, _ *http.Request) {
+	httpError(w, http.StatusNotFound, codeNotFound, "no such page")
 }
 
 // httpError writes the JSON error body every API error carries.

@@ -17,6 +17,11 @@ type Config struct {
 	// Listen is the TCP address to serve WebSocket and HTTP on.
 	// If empty, ":8080" is used; "127.0.0.1:0" picks a free port (see Addr).
 	Listen string
+	// APIListen, if set, is a second TCP address, meant to be private, that
+	// serves the HTTP API (/api/), /metrics, /healthz and /readyz; Listen
+	// then serves only /ws and StaticFS, so a load balancer in front of it
+	// cannot expose them. If empty, Listen serves everything.
+	APIListen string
 	// NodeID names this node in welcome frames and metrics.
 	// If empty, the host name plus a random suffix is used.
 	NodeID string

@@ -25,15 +25,16 @@ import (
 // with Drain and Shutdown.
 type Server struct {
 	// immutable after New
-	cfg      Config
-	bus      *bus.Bus
-	log      *slog.Logger
-	m        *serverMetrics
-	index    *index
-	flushers []*flusher
-	hb       *heartbeats
-	upgrader *websocket.Upgrader
-	handler  http.Handler
+	cfg        Config
+	bus        *bus.Bus
+	log        *slog.Logger
+	m          *serverMetrics
+	index      *index
+	flushers   []*flusher
+	hb         *heartbeats
+	upgrader   *websocket.Upgrader
+	handler    http.Handler // the public listener's
+	apiHandler http.Handler // the private listener's (Config.APIListen)
 
 	fanoutJobs  chan fanoutJob
 	scratchPool sync.Pool // *fanoutScratch
@@ -47,8 +48,9 @@ type Server struct {
 
 	conns connSet
 
-	mu      sync.Mutex // guards engine, addr, started, stopped
+	mu      sync.Mutex // guards engine, api, addr, started, stopped
 	engine  *nbhttp.Engine
+	api     *apiListener // nil without Config.APIListen
 	addr    net.Addr
 	started bool
 	stopped bool
@@ -114,7 +116,7 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		}
 	})
 	s.upgrader = u
-	s.handler = s.routes()
+	s.handler, s.apiHandler = s.routes()
 
 	b.SetHandler(bus.Handler{OnMessage: s.onBusMessage, OnGap: s.onBusGap})
 	return s, nil
@@ -138,6 +140,11 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", s.cfg.Listen, err)
 	}
+	api, err := s.listenAPI()
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	engine := nbhttp.NewEngine(nbhttp.Config{
 		Name:                    "tether",
 		Network:                 "tcp",
@@ -155,9 +162,20 @@ func (s *Server) Start() error {
 	addRaceEdges(engine)
 	if err := engine.Start(); err != nil {
 		_ = ln.Close()
+		if api != nil {
+			api.close()
+		}
 		return fmt.Errorf("cannot start engine: %w", err)
 	}
 	s.engine = engine
+	s.api = api
+	if api != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			api.serve(s.log)
+		}()
+	}
 	s.addr = ln.Addr()
 	s.started = true
 
@@ -178,7 +196,7 @@ func (s *Server) Start() error {
 	}
 	s.wg.Add(1)
 	go s.hb.run(s.done)
-	s.log.Info("tether listening", "addr", s.addr.String(), "node", s.cfg.NodeID,
+	s.log.Info("tether listening", "addr", s.addr.String(), "api_addr", s.cfg.APIListen, "node", s.cfg.NodeID,
 		"max_conns", s.cfg.MaxConns, "auth", len(s.cfg.JWTSecret) > 0)
 	return nil
 }
@@ -202,9 +220,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.stopped = true
-	engine := s.engine
+	engine, api := s.engine, s.api
 	s.mu.Unlock()
 	s.draining.Store(true)
+	if api != nil {
+		api.close()
+	}
 	if engine != nil {
 		s.conns.each(func(c *conn) { c.setDisconnect("shutdown") })
 		stopped := make(chan struct{})
