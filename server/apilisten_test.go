@@ -50,3 +50,21 @@ func TestAPIListenKeepsTheAPIOffThePublicListener(t *testing.T) {
 		t.Fatal("the API listener still accepts after Shutdown")
 	}
 }
+
+func TestAPIRefusesProxiedLoopbackCallers(t *testing.T) {
+	ts := startServer(t, Config{})
+	body := `{"channel":"a","data":1}`
+	for _, h := range []string{"X-Forwarded-For", "Forwarded", "X-Real-IP", "x-forwarded-for"} {
+		if code, m := ts.publish(t, body, h, "203.0.113.9"); code != 401 {
+			t.Fatalf("loopback with %s: %d %v", h, code, m)
+		}
+	}
+	if code, m := ts.publish(t, body); code != 200 {
+		t.Fatalf("plain loopback: %d %v", code, m)
+	}
+	// With a key, the key decides, proxy or not.
+	keyed := startServer(t, Config{APIKey: "k"})
+	if code, m := keyed.publish(t, body, "Authorization", "Bearer k", "X-Forwarded-For", "203.0.113.9"); code != 200 {
+		t.Fatalf("keyed through a proxy: %d %v", code, m)
+	}
+}

@@ -149,11 +149,19 @@ func (s *Server) checkOrigin(r *http.Request) bool {
 }
 
 // apiAllowed checks the HTTP API's credentials: the API key when one is
-// configured (constant-time compare), else a loopback caller.
+// configured (constant-time compare), else a loopback caller. A loopback
+// request that carries a proxy's forwarding header (Forwarded,
+// X-Forwarded-For, X-Real-IP) is not trusted as loopback: it is a load
+// balancer or proxy on the same host relaying someone else's request.
 func (s *Server) apiAllowed(r *http.Request) bool {
 	if s.cfg.APIKey != "" {
 		got := bearer(r)
 		return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIKey)) == 1
+	}
+	for _, h := range proxyHeaders {
+		if _, ok := r.Header[h]; ok {
+			return false
+		}
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
@@ -162,3 +170,7 @@ func (s *Server) apiAllowed(r *http.Request) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
+
+// proxyHeaders are the canonical names of the headers a proxy adds to say
+// whom it relays.
+var proxyHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Real-Ip"}
