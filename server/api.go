@@ -229,24 +229,3 @@ func compactJSON(b []byte) []byte {
 	}
 	return buf.Bytes()
 }
-
-// clientPublish handles a publish frame.
-func (s *Server) clientPublish(c *conn, f clientFrame) {
-	if !c.mayPublish(f.Channel) {
-		c.replyError(f.ID, errf(codeForbidden, "not allowed to publish to this channel"))
-		return
-	}
-	if len(f.Data) > s.cfg.MaxMessageSize {
-		c.replyError(f.ID, errf(codeTooLarge, "data larger than the max message size"))
-		return
-	}
-	id := f.ID
-	s.bus.PublishAsync([]bus.Publication{{Channel: f.Channel, Data: compactJSON(f.Data)}}, func(pos []bus.Position, err error) {
-		if err != nil {
-			c.replyError(id, errf(codeUnavailable, "cannot publish now, retry later"))
-			return
-		}
-		s.m.published.Inc()
-		c.reply(func(b []byte) []byte { return appendAck(b, id, pos[0].Offset) })
-	})
-}

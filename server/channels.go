@@ -278,19 +278,6 @@ func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMess
 	}
 }
 
-// messageFrame encodes m as one WebSocket frame in a single allocation:
-// the payload is appended after room for the longest header (10 bytes),
-// and the header is then written just in front of it.
-func messageFrame(m bus.Message) []byte {
-	n := len(`{"op":"message","channel":,"offset":,"data":}`) + len(m.Channel) + 2 + 20 + len(m.Data)
-	buf := make([]byte, 10, 10+n+8)
-	buf = appendMessage(buf, m.Channel, m.Offset, m.Data)
-	p := len(buf) - 10
-	h := wsHeaderLen(p)
-	putWSHeader(buf[10-h:10], wsText, p)
-	return buf[10-h:]
-}
-
 func (s *Server) unsubscribe(c *conn, f clientFrame) {
 	sub := c.takeSub(func(x *subscription) bool { return x.ch.name == f.Channel })
 	if sub == nil {
@@ -299,6 +286,27 @@ func (s *Server) unsubscribe(c *conn, f clientFrame) {
 	}
 	s.removeSub(sub)
 	c.reply(func(b []byte) []byte { return appendUnsubscribed(b, f.Channel, f.ID) })
+}
+
+// clientPublish handles a publish frame.
+func (s *Server) clientPublish(c *conn, f clientFrame) {
+	if !c.mayPublish(f.Channel) {
+		c.replyError(f.ID, errf(codeForbidden, "not allowed to publish to this channel"))
+		return
+	}
+	if len(f.Data) > s.cfg.MaxMessageSize {
+		c.replyError(f.ID, errf(codeTooLarge, "data larger than the max message size"))
+		return
+	}
+	id := f.ID
+	s.bus.PublishAsync([]bus.Publication{{Channel: f.Channel, Data: compactJSON(f.Data)}}, func(pos []bus.Position, err error) {
+		if err != nil {
+			c.replyError(id, errf(codeUnavailable, "cannot publish now, retry later"))
+			return
+		}
+		s.m.published.Inc()
+		c.reply(func(b []byte) []byte { return appendAck(b, id, pos[0].Offset) })
+	})
 }
 
 // dropSub removes sub from both its connection and its channel.

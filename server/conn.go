@@ -83,62 +83,8 @@ func (c *conn) send(frame []byte) {
 	}
 }
 
-// sendClose queues a close frame as the last frame of c. The peer answers
-// with its own close frame, on which the engine closes the socket; a peer
-// that does not is cut off after closeGrace. Closing at once instead would
-// reset the connection if the peer's frames were still arriving, and the
-// peer could lose the close frame that says why. It reports whether this
-// call started the close.
-func (c *conn) sendClose(code int, reason string, preface []byte) bool {
-	c.mu.Lock()
-	if c.closing || c.closed {
-		c.mu.Unlock()
-		return false
-	}
-	c.closing = true
-	if preface != nil {
-		c.pending = append(c.pending, preface)
-	}
-	f := closeFrame(code, reason)
-	c.pending = append(c.pending, f)
-	schedule := !c.queued
-	c.queued = true
-	c.mu.Unlock()
-	if schedule {
-		c.flush.push(c)
-	}
-	c.srv.hb.scheduleHardClose(c)
-	return true
-}
-
 func (c *conn) connID() string {
 	return c.srv.cfg.NodeID + "-" + strconv.FormatUint(c.id, 10)
-}
-
-// allow takes one token of the client's message rate; it reports false
-// when the bucket is empty.
-func (c *conn) allow(now int64) bool {
-	rate := c.srv.cfg.ClientMsgRate
-	if rate < 0 {
-		return true
-	}
-	burst := float64(c.srv.cfg.ClientMsgBurst)
-	if c.lastTaken == 0 {
-		c.tokens = burst
-	} else {
-		c.tokens += float64(now-c.lastTaken) / 1e9 * rate
-		if c.tokens > burst {
-			c.tokens = burst
-		}
-	}
-	c.lastTaken = now
-	if c.tokens >= 1 {
-		c.tokens--
-		c.strikes = 0
-		return true
-	}
-	c.strikes++
-	return false
 }
 
 // reply sends a small frame built by build.
@@ -149,6 +95,14 @@ func (c *conn) reply(build func([]byte) []byte) {
 func (c *conn) replyError(id json.RawMessage, e *protoError) {
 	c.srv.m.protocolErrors(e.code).Inc()
 	c.reply(func(b []byte) []byte { return appendError(b, id, e.code, e.msg) })
+}
+
+func (s *Server) onMessage(ws *websocket.Conn, mt websocket.MessageType, data []byte) {
+	c, ok := ws.Session().(*conn)
+	if !ok {
+		return
+	}
+	c.onFrame(mt, data)
 }
 
 // onFrame handles one inbound data frame.
@@ -193,5 +147,53 @@ func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
 		c.srv.unsubscribe(c, f)
 	case opPublish:
 		c.srv.clientPublish(c, f)
+	}
+}
+
+// connSet holds every open connection, for drain and shutdown.
+type connSet struct {
+	shards [64]struct {
+		mu sync.Mutex
+		m  map[uint64]*conn
+	}
+}
+
+func (cs *connSet) init() {
+	for i := range cs.shards {
+		cs.shards[i].m = make(map[uint64]*conn)
+	}
+}
+
+func (cs *connSet) add(c *conn) {
+	sh := &cs.shards[c.id%64]
+	sh.mu.Lock()
+	sh.m[c.id] = c
+	sh.mu.Unlock()
+}
+
+func (cs *connSet) remove(c *conn) {
+	sh := &cs.shards[c.id%64]
+	sh.mu.Lock()
+	delete(sh.m, c.id)
+	sh.mu.Unlock()
+}
+
+// snapshot returns every open connection.
+func (cs *connSet) snapshot() []*conn {
+	var all []*conn
+	for i := range cs.shards {
+		sh := &cs.shards[i]
+		sh.mu.Lock()
+		for _, c := range sh.m {
+			all = append(all, c)
+		}
+		sh.mu.Unlock()
+	}
+	return all
+}
+
+func (cs *connSet) each(fn func(*conn)) {
+	for _, c := range cs.snapshot() {
+		fn(c)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
+
+	"tether/bus"
 )
 
 // clientFrame is a decoded client→server frame (docs/protocol.md).
@@ -287,6 +289,19 @@ func appendReconnect(dst []byte, afterMS int64) []byte {
 func textFrame(build func([]byte) []byte) []byte {
 	var scratch [256]byte
 	return frameFromPayload(wsText, build(scratch[:0]))
+}
+
+// messageFrame encodes m as one WebSocket frame in a single allocation:
+// the payload is appended after room for the longest header (10 bytes),
+// and the header is then written just in front of it.
+func messageFrame(m bus.Message) []byte {
+	n := len(`{"op":"message","channel":,"offset":,"data":}`) + len(m.Channel) + 2 + 20 + len(m.Data)
+	buf := make([]byte, 10, 10+n+8)
+	buf = appendMessage(buf, m.Channel, m.Offset, m.Data)
+	p := len(buf) - 10
+	h := wsHeaderLen(p)
+	putWSHeader(buf[10-h:10], wsText, p)
+	return buf[10-h:]
 }
 
 // Pre-encoded frames shared by all connections.

@@ -1,0 +1,110 @@
+package server
+
+import (
+	"errors"
+
+	"github.com/lesismal/nbio"
+	"github.com/lesismal/nbio/nbhttp/websocket"
+)
+
+// sendClose queues a close frame as the last frame of c. The peer answers
+// with its own close frame, on which the engine closes the socket; a peer
+// that does not is cut off after closeGrace. Closing at once instead would
+// reset the connection if the peer's frames were still arriving, and the
+// peer could lose the close frame that says why. It reports whether this
+// call started the close.
+func (c *conn) sendClose(code int, reason string, preface []byte) bool {
+	c.mu.Lock()
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	c.closing = true
+	if preface != nil {
+		c.pending = append(c.pending, preface)
+	}
+	f := closeFrame(code, reason)
+	c.pending = append(c.pending, f)
+	schedule := !c.queued
+	c.queued = true
+	c.mu.Unlock()
+	if schedule {
+		c.flush.push(c)
+	}
+	c.srv.hb.scheduleHardClose(c)
+	return true
+}
+
+// onClose runs once per upgraded connection when its socket is closed.
+func (s *Server) onClose(ws *websocket.Conn, err error) {
+	c, ok := ws.Session().(*conn)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	subs := c.subs
+	c.subs = nil
+	c.pending, c.spare = nil, nil
+	reason := c.disconnect
+	c.mu.Unlock()
+	if reason == "" {
+		switch {
+		case errors.Is(err, websocket.ErrMessageTooLarge):
+			reason = "too_large"
+		case errors.Is(err, nbio.ErrOverflow):
+			reason = "slow_consumer"
+			s.m.slowConsumers.Inc()
+		default:
+			reason = "client"
+		}
+	}
+	s.log.Debug("connection closed", "conn", c.id, "reason", reason, "err", err)
+	s.hb.remove(c)
+	for _, sub := range subs {
+		s.removeSub(sub)
+	}
+	s.conns.remove(c)
+	s.m.conns.Add(-1)
+	s.m.disconnect(reason)
+}
+
+// setDisconnect records why c is being closed, unless a reason is set.
+func (c *conn) setDisconnect(reason string) {
+	c.mu.Lock()
+	if c.disconnect == "" {
+		c.disconnect = reason
+	}
+	c.mu.Unlock()
+}
+
+// closeConn sends c a close frame with code and closes it.
+func (s *Server) closeConn(c *conn, code int, text, reason string) {
+	c.setDisconnect(reason)
+	c.sendClose(code, text, nil)
+}
+
+// slowConsumer closes c for falling behind by more than MaxConnBuffer.
+func (s *Server) slowConsumer(c *conn) {
+	c.mu.Lock()
+	first := c.disconnect == "" && !c.closed
+	if first {
+		c.disconnect = "slow_consumer"
+	}
+	c.mu.Unlock()
+	if !first {
+		return
+	}
+	s.m.slowConsumers.Inc()
+	// The queue is full: drop it so the close frame goes out next.
+	c.mu.Lock()
+	clear(c.pending)
+	c.pending = c.pending[:0]
+	c.pendingBytes = 0
+	c.mu.Unlock()
+	c.sendClose(CloseSlowConsumer, "slow consumer", nil)
+}
