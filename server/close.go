@@ -31,7 +31,7 @@ func (c *conn) sendClose(code int, reason string, preface []byte) bool {
 	if schedule {
 		c.flush.push(c)
 	}
-	c.srv.hb.scheduleHardClose(c)
+	c.srv.heartbeats.scheduleHardClose(c)
 	return true
 }
 
@@ -64,7 +64,7 @@ func (s *Server) onClose(ws *websocket.Conn, err error) {
 		}
 	}
 	s.log.Debug("connection closed", "conn", c.id, "reason", reason, "err", err)
-	s.hb.remove(c)
+	s.heartbeats.remove(c)
 	for _, sub := range subs {
 		s.removeSub(sub)
 	}

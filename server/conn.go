@@ -15,40 +15,39 @@ import (
 // conn is one WebSocket connection.
 type conn struct {
 	// immutable after open
-	srv    *Server
-	ws     *websocket.Conn
-	nc     *nbio.Conn
-	id     uint64
-	auth   *claims // nil on an open server
-	flush  *flusher
-	hbWhl  *hbShard
-	expiry int64 // token expiry, unix nanos; 0 = none
+	srv       *Server
+	ws        *websocket.Conn
+	nc        *nbio.Conn
+	id        uint64
+	auth      *claims // nil on an open server
+	flush     *flusher
+	heartbeat *heartbeatShard
+	expiry    int64 // token expiry, unix nanos; 0 = none
 
 	// lastSeen is the coarse clock (unix nanos) of the last inbound frame.
 	lastSeen atomic.Int64
 
 	// guarded by mu
-	mu              sync.Mutex
-	pending         [][]byte // frames waiting for the flusher (shared, read-only)
-	spare           [][]byte // the other half of the double buffer
-	pendingBytes    int
-	queued          bool   // in a flusher queue or being flushed
-	closing         bool   // a close frame is queued: nothing else is accepted
-	closeAfterFlush bool   // close the socket once the queue is written
-	closed          bool   // OnClose ran
-	disconnect      string // why the server closes c (a metrics label)
-	subs            []*subscription
+	mu           sync.Mutex
+	pending      [][]byte // frames waiting for the flusher (shared, read-only)
+	spare        [][]byte // the other half of the double buffer
+	pendingBytes int
+	queued       bool   // in a flusher queue or being flushed
+	closing      bool   // a close frame is queued: nothing else is accepted
+	closed       bool   // OnClose ran
+	disconnect   string // why the server closes c (a metrics label)
+	subs         []*subscription
 
 	// owned by the read path (nbio handles one conn's frames one at a time)
 	tokens    float64
 	lastTaken int64
 	strikes   int
 
-	// guarded by hbWhl.mu
-	hb        ring.Entry[*conn]
-	nextPing  int64
-	hardClose int64 // when closing: deadline for the socket close
-	settled   bool  // the engine's handshake read deadline was cleared again
+	// guarded by heartbeat.mu
+	wheelEntry ring.Entry[*conn]
+	nextPing   int64
+	hardClose  int64 // when closing: deadline for the socket close
+	settled    bool  // the engine's handshake read deadline was cleared again
 }
 
 // enqueue queues a frame for c. It reports whether c must be handed to its

@@ -18,7 +18,7 @@
 //
 //	channel index shard (indexShard.mu)
 //	channel (channel.mu)
-//	heartbeat wheel shard (hbShard.mu)
+//	heartbeat wheel shard (heartbeatShard.mu)
 //	connection (conn.mu)
 //	flusher queue (flusher.mu)
 //

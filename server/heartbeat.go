@@ -20,16 +20,16 @@ type heartbeats struct {
 	tick     time.Duration // immutable
 	interval int64         // immutable, nanoseconds
 	timeout  int64         // immutable, nanoseconds
-	shards   []hbShard
+	shards   []heartbeatShard
 }
 
-type hbShard struct {
+type heartbeatShard struct {
 	mu    sync.Mutex
 	wheel *ring.Wheel[*conn]
-	fired []hbAction // scratch, guarded by mu
+	fired []heartbeatAction // scratch, guarded by mu
 }
 
-type hbAction struct {
+type heartbeatAction struct {
 	c    *conn
 	kind int8
 }
@@ -61,7 +61,7 @@ func newHeartbeats(s *Server, shards int) *heartbeats {
 		tick:     tick,
 		interval: int64(interval),
 		timeout:  int64(s.cfg.PongTimeout),
-		shards:   make([]hbShard, shards),
+		shards:   make([]heartbeatShard, shards),
 	}
 	for i := range h.shards {
 		h.shards[i].wheel = ring.New[*conn](tick, slots)
@@ -69,17 +69,17 @@ func newHeartbeats(s *Server, shards int) *heartbeats {
 	return h
 }
 
-func (h *heartbeats) shardFor(id uint64) *hbShard {
+func (h *heartbeats) shardFor(id uint64) *heartbeatShard {
 	return &h.shards[id%uint64(len(h.shards))]
 }
 
 // add schedules c's first ping at a random phase within the interval, so
 // that connections opened together (a reconnect storm) ping apart.
 func (h *heartbeats) add(c *conn, now int64) {
-	sh := c.hbWhl
+	sh := c.heartbeat
 	sh.mu.Lock()
 	c.nextPing = now + rand.Int64N(h.interval) + 1
-	sh.wheel.Add(&c.hb, time.Unix(0, min(h.nextCheckLocked(c), now+int64(settleDelay))))
+	sh.wheel.Add(&c.wheelEntry, time.Unix(0, min(h.nextCheckLocked(c), now+int64(settleDelay))))
 	sh.mu.Unlock()
 }
 
@@ -94,19 +94,19 @@ func (h *heartbeats) nextCheckLocked(c *conn) int64 {
 }
 
 func (h *heartbeats) remove(c *conn) {
-	sh := c.hbWhl
+	sh := c.heartbeat
 	sh.mu.Lock()
-	sh.wheel.Remove(&c.hb)
+	sh.wheel.Remove(&c.wheelEntry)
 	sh.mu.Unlock()
 }
 
 // scheduleHardClose makes sure c's socket is closed within closeGrace.
 func (h *heartbeats) scheduleHardClose(c *conn) {
-	sh := c.hbWhl
+	sh := c.heartbeat
 	sh.mu.Lock()
 	if c.hardClose == 0 {
 		c.hardClose = h.srv.clock.Load() + int64(closeGrace)
-		sh.wheel.Reset(&c.hb, time.Unix(0, c.hardClose))
+		sh.wheel.Reset(&c.wheelEntry, time.Unix(0, c.hardClose))
 	}
 	sh.mu.Unlock()
 }
@@ -137,7 +137,7 @@ func (h *heartbeats) advance(now time.Time) {
 			c := e.Value
 			if c.hardClose != 0 {
 				if ns >= c.hardClose {
-					sh.fired = append(sh.fired, hbAction{c, hbHardClose})
+					sh.fired = append(sh.fired, heartbeatAction{c, hbHardClose})
 				} else {
 					sh.wheel.Add(e, time.Unix(0, c.hardClose))
 				}
@@ -145,17 +145,17 @@ func (h *heartbeats) advance(now time.Time) {
 			}
 			if !c.settled {
 				c.settled = true
-				sh.fired = append(sh.fired, hbAction{c, hbClearDeadline})
+				sh.fired = append(sh.fired, heartbeatAction{c, hbClearDeadline})
 			}
 			switch {
 			case c.expiry != 0 && ns >= c.expiry:
-				sh.fired = append(sh.fired, hbAction{c, hbExpired})
+				sh.fired = append(sh.fired, heartbeatAction{c, hbExpired})
 				return
 			case ns-c.lastSeen.Load() >= h.interval+h.timeout:
-				sh.fired = append(sh.fired, hbAction{c, hbTimeout})
+				sh.fired = append(sh.fired, heartbeatAction{c, hbTimeout})
 				return
 			case ns >= c.nextPing:
-				sh.fired = append(sh.fired, hbAction{c, hbPing})
+				sh.fired = append(sh.fired, heartbeatAction{c, hbPing})
 				c.nextPing = ns + h.interval
 			}
 			sh.wheel.Add(e, time.Unix(0, h.nextCheckLocked(c)))
@@ -166,7 +166,7 @@ func (h *heartbeats) advance(now time.Time) {
 		// fired is only appended to under sh.mu by the next advance, which
 		// runs on this goroutine after this loop; reading it here is safe.
 		for j, a := range fired {
-			fired[j] = hbAction{}
+			fired[j] = heartbeatAction{}
 			switch a.kind {
 			case hbPing:
 				a.c.send(pingFrame)

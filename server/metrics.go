@@ -12,13 +12,13 @@ import (
 type serverMetrics struct {
 	set *metrics.Set
 
-	conns       atomic.Int64
-	channels    atomic.Int64
-	subsCount   atomic.Int64
-	accepted    *metrics.Counter
-	rejected    map[string]*metrics.Counter
-	disconnects map[string]*metrics.Counter
-	protoErrs   map[string]*metrics.Counter
+	conns         atomic.Int64
+	channels      atomic.Int64
+	subscriptions atomic.Int64
+	accepted      *metrics.Counter
+	rejected      map[string]*metrics.Counter
+	disconnects   map[string]*metrics.Counter
+	protoErrs     map[string]*metrics.Counter
 
 	published         *metrics.Counter
 	fannedOut         *metrics.Counter
@@ -32,14 +32,7 @@ type serverMetrics struct {
 	recovered         *metrics.Counter
 	notRecovered      *metrics.Counter
 	apiErrors         *metrics.Counter
-
-	subscriptions gaugeAdder
 }
-
-// gaugeAdder adapts an atomic counter to the Add calls of the channel code.
-type gaugeAdder struct{ v *atomic.Int64 }
-
-func (g gaugeAdder) Add(n int64) { g.v.Add(n) }
 
 var (
 	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request"}
@@ -56,8 +49,7 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	}
 	set.NewGauge("tether_connections", func() float64 { return float64(m.conns.Load()) })
 	set.NewGauge("tether_channels", func() float64 { return float64(m.channels.Load()) })
-	set.NewGauge("tether_subscriptions", func() float64 { return float64(m.subsCount.Load()) })
-	m.subscriptions = gaugeAdder{&m.subsCount}
+	set.NewGauge("tether_subscriptions", func() float64 { return float64(m.subscriptions.Load()) })
 	m.accepted = set.NewCounter("tether_connections_accepted_total")
 	for _, r := range rejectReasons {
 		m.rejected[r] = set.NewCounter(`tether_connections_rejected_total{reason="` + r + `"}`)

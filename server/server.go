@@ -29,7 +29,7 @@ type Server struct {
 	m          *serverMetrics
 	index      *index
 	flushers   []*flusher
-	hb         *heartbeats
+	heartbeats *heartbeats
 	upgrader   *websocket.Upgrader
 	handler    http.Handler // the public listener's
 	apiHandler http.Handler // the private listener's (Config.APIListen)
@@ -93,7 +93,7 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 	}
 	s.scratchPool.New = func() any { return &fanoutScratch{ready: make([][]*conn, len(s.flushers))} }
 	s.syncPool.New = func() any { return new(fanoutSync) }
-	s.hb = newHeartbeats(s, 4*runtime.GOMAXPROCS(0))
+	s.heartbeats = newHeartbeats(s, 4*runtime.GOMAXPROCS(0))
 
 	s.upgrader = s.newUpgrader()
 	s.handler, s.apiHandler = s.routes()
@@ -175,7 +175,7 @@ func (s *Server) Start() error {
 		go s.recoveryWorker()
 	}
 	s.wg.Add(1)
-	go s.hb.run(s.done)
+	go s.heartbeats.run(s.done)
 	s.log.Info("tether listening", "addr", s.addr.String(), "api_addr", s.cfg.APIListen, "node", s.cfg.NodeID,
 		"max_conns", s.cfg.MaxConns, "auth", len(s.cfg.JWTSecret) > 0)
 	return nil

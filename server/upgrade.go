@@ -90,23 +90,23 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 	id := s.nextID.Add(1)
 	now := s.clock.Load()
 	c := &conn{
-		srv:   s,
-		ws:    ws,
-		nc:    nc,
-		id:    id,
-		auth:  auth,
-		flush: s.flushers[id%uint64(len(s.flushers))],
-		hbWhl: s.hb.shardFor(id),
+		srv:       s,
+		ws:        ws,
+		nc:        nc,
+		id:        id,
+		auth:      auth,
+		flush:     s.flushers[id%uint64(len(s.flushers))],
+		heartbeat: s.heartbeats.shardFor(id),
 	}
 	if auth != nil {
 		c.expiry = auth.expiry.UnixNano()
 	}
-	c.hb.Value = c
+	c.wheelEntry.Value = c
 	c.lastSeen.Store(now)
 	ws.SetSession(c)
 	s.conns.add(c)
 	s.m.accepted.Inc()
-	s.hb.add(c, now)
+	s.heartbeats.add(c, now)
 	connID := c.connID()
 	c.reply(func(b []byte) []byte {
 		return appendWelcome(b, s.cfg.NodeID, connID, s.cfg.PingInterval.Milliseconds())
