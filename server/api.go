@@ -87,24 +87,37 @@ func httpError(w http.ResponseWriter, status int, code, msg string) {
 	_, _ = w.Write(b)
 }
 
+// readyz answers whether the node takes new connections: 503 while
+// draining or at MaxConns. A degraded bus (Redis unreachable) is reported
+// in the body but keeps the node ready, because every node shares it: were
+// it to make them unready, a load balancer would take every node out at
+// once and answer clients itself, while the nodes can still serve their
+// subscribers and recover them from history afterwards. ?strict=1 counts a
+// degraded bus as unready too, for whoever wants that.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	busState := "ok"
+	if !s.bus.Stats().Healthy {
+		busState = "degraded"
+	}
 	var reason string
 	switch {
 	case s.draining.Load():
 		reason = "draining"
 	case s.cfg.MaxConns > 0 && s.m.conns.Load() >= int64(s.cfg.MaxConns):
 		reason = "at capacity"
-	case !s.bus.Stats().Healthy:
+	case busState == "degraded" && r.URL.Query().Get("strict") == "1":
 		reason = "bus degraded"
 	}
 	w.Header().Set("Content-Type", "application/json")
+	var b []byte
 	if reason != "" {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		b := appendJSONString([]byte(`{"status":"unavailable","reason":`), reason)
-		_, _ = w.Write(append(b, "}\n"...))
-		return
+		b = appendJSONString(append(b, `{"status":"unavailable","reason":`...), reason)
+	} else {
+		b = append(b, `{"status":"ready"`...)
 	}
-	_, _ = io.WriteString(w, `{"status":"ready"}`+"\n")
+	b = appendJSONString(append(b, `,"bus":`...), busState)
+	_, _ = w.Write(append(b, "}\n"...))
 }
 
 type apiMessage struct {

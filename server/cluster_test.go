@@ -796,7 +796,14 @@ func TestClusterRedisRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		clientIDs = append(clientIDs, id)
-		if code, body := getStatus(t, ts.addr, "/readyz"); code == http.StatusServiceUnavailable && strings.Contains(body, "bus degraded") {
+		// Degraded, but still ready: every node shares Redis. ?strict=1
+		// counts the bus.
+		code, body := getStatus(t, ts.addr, "/readyz")
+		if code != 200 {
+			t.Fatalf("readyz during the outage: %d %s", code, body)
+		}
+		if code, strict := getStatus(t, ts.addr, "/readyz?strict=1"); strings.Contains(body, `"bus":"degraded"`) &&
+			code == http.StatusServiceUnavailable && strings.Contains(strict, "bus degraded") {
 			sawDegraded[k%2] = true
 		}
 		if code, _ := getStatus(t, ts.addr, "/healthz"); code != 200 {
@@ -833,9 +840,9 @@ func TestClusterRedisRestart(t *testing.T) {
 	r.Restart()
 	for _, ts := range nodes {
 		testutil.Eventually(t, 10*time.Second, func() bool {
-			code, _ := getStatus(t, ts.addr, "/readyz")
-			return code == 200
-		}, ts.cfg.NodeID+": /readyz not 200 after redis came back")
+			code, body := getStatus(t, ts.addr, "/readyz?strict=1")
+			return code == 200 && strings.Contains(body, `"bus":"ok"`)
+		}, ts.cfg.NodeID+": /readyz?strict=1 not 200 after redis came back")
 	}
 	var after []apiResult
 	testutil.Eventually(t, 10*time.Second, func() bool {
@@ -958,16 +965,19 @@ func TestClusterRedisPaused(t *testing.T) {
 	if f := fresh.waitFrame(t, "error", map[string]any{"id": "s1"}); f["code"] != "unavailable" {
 		t.Fatalf("subscribe while paused: %v", f)
 	}
-	if code, body := getStatus(t, a.addr, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "bus degraded") {
+	if code, body := getStatus(t, a.addr, "/readyz"); code != 200 || !strings.Contains(body, `"bus":"degraded"`) {
 		t.Fatalf("readyz while paused: %d %s", code, body)
+	}
+	if code, body := getStatus(t, a.addr, "/readyz?strict=1"); code != http.StatusServiceUnavailable || !strings.Contains(body, "bus degraded") {
+		t.Fatalf("strict readyz while paused: %d %s", code, body)
 	}
 
 	r.Resume()
 	for _, ts := range nodes {
 		testutil.Eventually(t, 10*time.Second, func() bool {
-			code, _ := getStatus(t, ts.addr, "/readyz")
+			code, _ := getStatus(t, ts.addr, "/readyz?strict=1")
 			return code == 200
-		}, ts.cfg.NodeID+": /readyz not 200 after redis resumed")
+		}, ts.cfg.NodeID+": /readyz?strict=1 not 200 after redis resumed")
 	}
 	var last apiResult
 	testutil.Eventually(t, 10*time.Second, func() bool {
