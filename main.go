@@ -76,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.busCfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long a channel's history outlives its last publish")
 	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "server ping interval (keep well inside load balancer idle timeouts)")
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", 10*time.Second, "a connection silent for ping-interval + pong-timeout is closed (4008)")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", 3*time.Second, "on SIGTERM, /readyz turns 503 at once but upgrades are accepted this long (≥ 2 LB check intervals); negative = refuse at once")
 	fs.DurationVar(&c.DrainWindow, "drain-window", 30*time.Second, "on SIGTERM, connections are closed spread over this window")
 	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", 5*time.Second, "upper bound of the reconnect advice (after_ms, Retry-After)")
 	fs.StringVar(&o.jwtFile, "jwt-secret-file", "", "file holding the HS256 secret; enables auth (or set TETHER_JWT_SECRET)")

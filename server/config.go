@@ -71,6 +71,12 @@ type Config struct {
 	// If zero, 10s is used.
 	PongTimeout time.Duration
 
+	// DrainDelay is how long Drain keeps accepting upgrades after /readyz
+	// has turned 503, so that load balancers take the node out of rotation
+	// before it refuses anyone: make it at least two health-check
+	// intervals. If zero, 3s is used. Negative means no delay: upgrades are
+	// refused as soon as Drain starts.
+	DrainDelay time.Duration
 	// DrainWindow is the time over which Drain spreads the closing of live
 	// connections. If zero, 30s is used.
 	DrainWindow time.Duration
@@ -156,6 +162,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PongTimeout <= 0 {
 		c.PongTimeout = 10 * time.Second
+	}
+	if c.DrainDelay == 0 {
+		c.DrainDelay = 3 * time.Second
 	}
 	if c.DrainWindow <= 0 {
 		c.DrainWindow = 30 * time.Second

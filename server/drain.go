@@ -6,13 +6,28 @@ import (
 	"time"
 )
 
-// Drain stops the node gracefully: /readyz turns 503 and new upgrades are
-// refused at once, then every live connection is told to reconnect (with a
-// jittered after_ms) and closed with 1012, the closes spread evenly over
-// DrainWindow so that clients do not all land on the other nodes at once.
-// Drain returns when every connection is closed or ctx ends.
+// Drain stops the node gracefully: /readyz turns 503 at once, so that load
+// balancers stop sending new clients, while upgrades are still accepted for
+// DrainDelay (a client the load balancer routes here before its health
+// check notices is served, not refused). Then new upgrades are refused, and
+// every live connection, those accepted during the delay included, is told
+// to reconnect (with a jittered after_ms) and closed with 1012, the closes
+// spread evenly over DrainWindow so that clients do not all land on the
+// other nodes at once. Drain returns when every connection is closed or ctx
+// ends.
 func (s *Server) Drain(ctx context.Context) error {
 	s.draining.Store(true)
+	if d := s.cfg.DrainDelay; d > 0 {
+		s.log.Info("draining: not ready; accepting upgrades until load balancers notice", "delay", d)
+		delay := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			delay.Stop()
+			return ctx.Err()
+		case <-delay.C:
+		}
+	}
+	s.refusing.Store(true)
 	conns := s.conns.snapshot()
 	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
 	s.log.Info("draining", "connections", len(conns), "window", s.cfg.DrainWindow)

@@ -220,7 +220,7 @@ func TestAdmission(t *testing.T) {
 func TestDrainSpreadsCloses(t *testing.T) {
 	const n = 40
 	window := 2 * time.Second
-	ts := startServer(t, Config{DrainWindow: window, ReconnectJitter: time.Second})
+	ts := startServer(t, Config{DrainWindow: window, DrainDelay: -1, ReconnectJitter: time.Second})
 	clients := make([]*testClient, n)
 	for i := range clients {
 		clients[i] = mustDial(t, ts.addr)

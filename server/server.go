@@ -41,7 +41,8 @@ type Server struct {
 
 	clock    atomic.Int64 // coarse unix nanos, advanced by the heartbeat loop
 	nextID   atomic.Uint64
-	draining atomic.Bool
+	draining atomic.Bool // /readyz says 503: set by Drain and Shutdown
+	refusing atomic.Bool // upgrades are refused: set DrainDelay after draining
 	admit    tokenBucket
 
 	conns connSet
@@ -203,6 +204,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	engine, api := s.engine, s.api
 	s.mu.Unlock()
 	s.draining.Store(true)
+	s.refusing.Store(true)
 	if api != nil {
 		api.close()
 	}

@@ -36,7 +36,7 @@ func (s *Server) newUpgrader() *websocket.Upgrader {
 
 // upgrade handles GET /ws: admission, origin, auth, then the upgrade.
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
+	if s.refusing.Load() {
 		s.m.reject("draining")
 		s.refuse(w, "draining", "the node is draining: reconnect to another node")
 		return
