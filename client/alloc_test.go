@@ -2,18 +2,25 @@
 
 package client
 
-import "testing"
+import (
+	"bytes"
+	"context"
+	"testing"
+)
 
-// TestFrameAllocs checks that reading and writing frames allocates nothing
-// once the buffers have grown.
-func TestFrameAllocs(t *testing.T) {
-	fr := &frameReader{r: &loopReader{b: appendFrame(nil, opText, benchMessage, false, [4]byte{})}, maxSize: 1 << 20}
-	fr.next()
-	if n := testing.AllocsPerRun(1000, func() { fr.next() }); n != 0 {
-		t.Errorf("frameReader.next: %v allocations per frame", n)
+// TestReadAllocs checks that reading a message from a real socket
+// allocates nothing once the read buffer has grown: the library's reader
+// with a background context, into the connection's reused buffer.
+func TestReadAllocs(t *testing.T) {
+	conn := startBlast(t)
+	read := func() {
+		_, p, err := conn.read(context.Background())
+		if err != nil || !bytes.Equal(p, benchMessage) {
+			t.Fatalf("read %q, %v", p, err)
+		}
 	}
-	buf := make([]byte, 0, 1024)
-	if n := testing.AllocsPerRun(1000, func() { buf = appendFrame(buf[:0], opText, benchMessage, true, [4]byte{1, 2, 3, 4}) }); n != 0 {
-		t.Errorf("appendFrame: %v allocations per frame", n)
+	read()
+	if n := testing.AllocsPerRun(1000, read); n != 0 {
+		t.Errorf("read: %v allocations per message", n)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"tether/internal/proto"
 )
 
 // Options configures a Client. The zero value connects without credentials
@@ -27,13 +29,28 @@ type Options struct {
 	// backoff, until it returns a different one. If nil, a refused Token
 	// stops the client for good (Err reports ErrUnauthorized).
 	GetToken func(ctx context.Context) (string, error)
-	// Header is added to every upgrade request (for example Origin).
-	// If nil, only the WebSocket headers and the token are sent.
+	// Header is added to every upgrade request: Origin, a cookie, or
+	// credentials of another scheme (an Authorization header here is sent
+	// as is, unless Token or GetToken provides one). A Host entry replaces
+	// the URL's host in the request. If nil, only the WebSocket headers and
+	// the token are sent.
 	Header http.Header
-	// Dialer opens the TCP connection. If nil, a zero net.Dialer is used.
+	// Proxy returns the HTTP proxy to reach the node through, for a request
+	// to the node's URL with the scheme http (ws://) or https (wss://), or
+	// nil for a direct connection. The client asks the proxy for a tunnel
+	// with CONNECT, for ws:// and wss:// alike (RFC 6455, section 4.1); the
+	// proxy's URL may be http:// or https:// and carry user:password for
+	// Basic proxy authentication. If nil, http.ProxyFromEnvironment is used
+	// (HTTP_PROXY for ws://, HTTPS_PROXY for wss://, NO_PROXY; never for
+	// localhost or loopback addresses); a func that returns nil, nil turns
+	// proxies off.
+	Proxy func(*http.Request) (*url.URL, error)
+	// Dialer opens TCP connections, to the node or to the proxy. If nil, a
+	// zero net.Dialer is used.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
-	// TLSConfig configures wss:// connections. If nil, the default
-	// configuration with the URL's host as ServerName is used.
+	// TLSConfig configures wss:// connections, and the connection to an
+	// https:// proxy. If nil, the default configuration is used; an empty
+	// ServerName is the host being reached.
 	TLSConfig *tls.Config
 
 	// MinBackoff is the backoff window of the first reconnect attempt: the
@@ -48,16 +65,16 @@ type Options struct {
 	// reconnects (it sends its own ping once the interval has passed in
 	// silence). If zero, 5s is used; negative disables the watchdog.
 	WatchdogGrace time.Duration
-	// HandshakeTimeout bounds one connection attempt: dial, upgrade and the
-	// welcome frame. It also bounds every write. If zero, 10s is used.
+	// HandshakeTimeout bounds one connection attempt: dial, proxy tunnel,
+	// TLS, upgrade and the welcome frame. It also bounds every write. If zero, 10s is used.
 	HandshakeTimeout time.Duration
 	// QueueSize bounds the messages received but not yet handed to
 	// handlers. A client whose handlers fall further behind drops the
 	// connection and recovers the rest after reconnecting.
 	// If zero, 4,096 is used.
 	QueueSize int
-	// MaxMessageSize bounds one frame from the server in bytes; a larger one
-	// fails the connection with 1009. If zero, 16 MiB is used.
+	// MaxMessageSize bounds one message from the server in bytes; a larger
+	// one fails the connection with 1009. If zero, 16 MiB is used.
 	MaxMessageSize int
 
 	// OnEvent, if set, receives state events. Calls are made one at a time
@@ -67,6 +84,24 @@ type Options struct {
 	// Logger receives connection-level diagnostics at Debug level.
 	// If nil, nothing is logged.
 	Logger *slog.Logger
+}
+
+// dialFunc opens a network connection, as net.Dialer.DialContext does.
+type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+func (o *Options) dialer() dialFunc {
+	if o.Dialer == nil {
+		var d net.Dialer
+		return d.DialContext
+	}
+	return o.Dialer
+}
+
+func (o *Options) proxy() func(*http.Request) (*url.URL, error) {
+	if o.Proxy == nil {
+		return http.ProxyFromEnvironment
+	}
+	return o.Proxy
 }
 
 func (o *Options) minBackoff() time.Duration {
@@ -362,8 +397,10 @@ func (c *Client) finish() {
 }
 
 // Close closes the connection and stops reconnecting. Pending publishes
-// fail with ErrDisconnected; later calls fail with ErrClosed. Close waits
-// for the client's goroutines to exit and is idempotent.
+// fail with ErrDisconnected; later calls fail with ErrClosed. Close sends a
+// close frame and waits for the server's answer for at most 1s (or
+// Options.HandshakeTimeout if shorter), waits for the client's goroutines
+// to exit, and is idempotent.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if !c.closed {
@@ -395,8 +432,8 @@ func (c *Client) Err() error {
 // EventRecovered and EventResyncNeeded for the cases where history could
 // not cover a gap.
 func (c *Client) Subscribe(channel string, fn func(Message)) (*Subscription, error) {
-	if !validChannel(channel) {
-		return nil, fmt.Errorf("cannot subscribe to %q: %w", channel, &Error{Code: "bad_request", Message: "invalid channel name"})
+	if err := proto.CheckChannel(channel); err != nil {
+		return nil, fmt.Errorf("cannot subscribe to %q: %w", channel, &Error{Code: proto.CodeBadRequest, Message: err.Error()})
 	}
 	if fn == nil {
 		return nil, fmt.Errorf("cannot subscribe to %q: nil handler", channel)
@@ -423,7 +460,7 @@ func (c *Client) Subscribe(channel string, fn func(Message)) (*Subscription, err
 	c.pending[id] = req
 	c.mu.Unlock()
 
-	if err := conn.writeJSON(outFrame{Op: "subscribe", Channel: channel, ID: id}); err != nil {
+	if err := conn.writeJSON(outFrame{Op: proto.OpSubscribe, Channel: channel, ID: id}); err != nil {
 		// The connection is failing; the subscription is made again on the
 		// next one.
 		return s, nil
@@ -468,7 +505,7 @@ func (c *Client) Publish(ctx context.Context, channel string, data any) (uint64,
 		c.pending[id] = req
 		c.mu.Unlock()
 
-		if err := conn.writeJSON(outFrame{Op: "publish", Channel: channel, Data: p, ID: id}); err != nil {
+		if err := conn.writeJSON(outFrame{Op: proto.OpPublish, Channel: channel, Data: p, ID: id}); err != nil {
 			c.forget(id)
 			return 0, fmt.Errorf("cannot publish to %q: %w", channel, ErrDisconnected)
 		}
@@ -514,7 +551,7 @@ func (s *Subscription) Unsubscribe() {
 	c.mu.Unlock()
 	if conn != nil {
 		// The server forgets subscriptions of a failing connection anyway.
-		conn.writeJSON(outFrame{Op: "unsubscribe", Channel: s.channel})
+		conn.writeJSON(outFrame{Op: proto.OpUnsubscribe, Channel: s.channel})
 	}
 }
 
@@ -697,12 +734,13 @@ loop:
 			switch {
 			case idle >= interval+grace:
 				err = ErrWatchdog
-				conn.close(closeHeartbeatTimeout, "watchdog")
+				// The path looks dead: do not wait for an answer.
+				conn.close(proto.CloseHeartbeatTimeout, "watchdog", watchdogCloseWait)
 				break loop
 			case idle >= interval:
 				if pingedFor != last {
 					pingedFor = last
-					conn.writeFrame(opText, pingJSON)
+					conn.writeText(pingJSON)
 				}
 				timer.Reset(interval + grace - idle)
 			default:
@@ -712,7 +750,7 @@ loop:
 			break loop
 		case <-c.ctx.Done():
 			err = ErrClosed
-			conn.close(closeNormal, "")
+			conn.close(proto.CloseNormal, "", conn.closeWait())
 			break loop
 		}
 	}
@@ -742,7 +780,7 @@ func (c *Client) attach(conn *wsConn) []outFrame {
 	frames := make([]outFrame, 0, len(c.subs))
 	for _, s := range c.subs {
 		id := c.newIDLocked()
-		f := outFrame{Op: "subscribe", Channel: s.channel, ID: id}
+		f := outFrame{Op: proto.OpSubscribe, Channel: s.channel, ID: id}
 		if s.hasPos {
 			f.Since = &position{Offset: s.pos.Offset, Epoch: s.pos.Epoch}
 		}
@@ -832,7 +870,7 @@ func (c *Client) readLoop(conn *wsConn) error {
 			return err
 		}
 		if err := c.apply(conn, f); err != nil {
-			conn.close(closeNormal, "")
+			conn.close(proto.CloseNormal, "", conn.closeWait())
 			return err
 		}
 	}
@@ -841,15 +879,15 @@ func (c *Client) readLoop(conn *wsConn) error {
 // apply applies one server frame. A non-nil error ends the connection.
 func (c *Client) apply(conn *wsConn, f *inFrame) error {
 	switch f.Op {
-	case "message":
+	case proto.OpMessage:
 		return c.applyMessage(f)
-	case "subscribed":
+	case proto.OpSubscribed:
 		c.applySubscribed(f)
-	case "ack":
+	case proto.OpAck:
 		c.answer(f.ID, reply{offset: f.Offset})
-	case "error":
+	case proto.OpError:
 		return c.applyError(f)
-	case "resync":
+	case proto.OpResync:
 		c.mu.Lock()
 		if s := c.subs[f.Channel]; s != nil && s.active {
 			s.pos = position{Offset: f.Offset, Epoch: f.Epoch}
@@ -859,10 +897,10 @@ func (c *Client) apply(conn *wsConn, f *inFrame) error {
 			}})
 		}
 		c.mu.Unlock()
-	case "reconnect":
+	case proto.OpReconnect:
 		conn.reconnectAt.Store(time.Now().Add(time.Duration(max(0, f.AfterMS)) * time.Millisecond).UnixNano())
-	case "ping":
-		if err := conn.writeFrame(opText, pongJSON); err != nil {
+	case proto.OpPing:
+		if err := conn.writeText(pongJSON); err != nil {
 			return err
 		}
 	}
@@ -971,18 +1009,4 @@ func (c *Client) answer(id uint64, r reply) {
 	if req != nil && req.reply != nil {
 		req.reply <- r
 	}
-}
-
-// validChannel reports whether name is a valid channel name: 1–255 bytes of
-// printable ASCII without spaces.
-func validChannel(name string) bool {
-	if len(name) == 0 || len(name) > 255 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		if name[i] < 0x21 || name[i] > 0x7E {
-			return false
-		}
-	}
-	return true
 }

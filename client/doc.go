@@ -15,8 +15,28 @@
 //     exactly once and in order, or are told (EventResyncNeeded) that
 //     history could not cover the gap.
 //
-// The WebSocket layer is a small RFC 6455 client of its own over net.Conn.
-// A Client runs three goroutines: one reads the current connection, one
+// The WebSocket layer is github.com/coder/websocket: framing, masking,
+// control frames, the close handshake, and TLS and the upgrade through
+// net/http. The client adds what tether needs: Options.Proxy with CONNECT
+// tunnels for ws:// and wss:// (HTTP_PROXY, HTTPS_PROXY and NO_PROXY by
+// default), custom upgrade headers, and reading every message into one
+// reused buffer, so that a message costs no allocation below the JSON
+// decoding. The protocol's vocabulary (ops, close and error codes, the
+// channel-name rule) is tether/internal/proto's, shared with the server.
+//
+// Where to find:
+//
+//	client.go    Options, Client, Subscribe/Publish, reconnects and
+//	             watchdog (run, serve), dispatch, applying server frames
+//	conn.go      one connection: reading into the reused buffer, writes,
+//	             close, mapping read failures to the client's errors
+//	dial.go      one attempt: proxy tunnel (CONNECT), TLS and upgrade
+//	             through the library, welcome frame, refused upgrades
+//	protocol.go  the JSON frames, backoff and jitter
+//	errors.go    the client's error types
+//
+// A Client runs three goroutines (besides one of the library's per
+// connection): one reads the current connection, one
 // runs the watchdog and reconnects, and one hands messages and events to
 // user code, so that a slow handler never stalls the other two. That is
 // fine for the few connections a service holds.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"tether/internal/proto"
 )
 
 // Errors returned by a Client. Check them with errors.Is.
@@ -45,10 +47,12 @@ type Error struct {
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // Is reports whether an "unauthorized" error matches ErrUnauthorized.
-func (e *Error) Is(target error) bool { return target == ErrUnauthorized && e.Code == "unauthorized" }
+func (e *Error) Is(target error) bool {
+	return target == ErrUnauthorized && e.Code == proto.CodeUnauthorized
+}
 
 // temporary reports whether retrying the same request later may succeed.
-func (e *Error) temporary() bool { return e.Code == "unavailable" || e.Code == "rate_limited" }
+func (e *Error) temporary() bool { return proto.Temporary(e.Code) }
 
 // CloseError is a connection ended by a WebSocket close frame from the
 // server (or, with Code 1006, without one).
@@ -69,7 +73,7 @@ func (e *CloseError) Error() string {
 
 // Is reports whether a 4001 close matches ErrUnauthorized.
 func (e *CloseError) Is(target error) bool {
-	return target == ErrUnauthorized && e.Code == closeUnauthorized
+	return target == ErrUnauthorized && e.Code == proto.CloseUnauthorized
 }
 
 // HandshakeError is an upgrade the server refused with an HTTP status.

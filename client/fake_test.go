@@ -19,13 +19,15 @@ import (
 	"testing"
 	"time"
 
+	"tether/internal/proto"
 	"tether/internal/testutil"
+	"tether/internal/wsframe"
 )
 
 // fakeServer accepts WebSocket upgrades and hands each connection to the
 // test, which then plays the server's part frame by frame.
 type fakeServer struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *httptest.Server
 	conns  chan *fakeConn
 	refuse func(r *http.Request) (status int, header http.Header, body string) // optional
@@ -37,15 +39,15 @@ type fakeServer struct {
 }
 
 type fakeConn struct {
-	t     *testing.T
+	t     testing.TB
 	nc    net.Conn
-	fr    frameReader
+	br    *bufio.Reader
 	token string
 }
 
 func startFake(t *testing.T) *fakeServer { return startFakeServer(t, false) }
 
-func startFakeServer(t *testing.T, useTLS bool) *fakeServer {
+func startFakeServer(t testing.TB, useTLS bool) *fakeServer {
 	fs := &fakeServer{t: t, conns: make(chan *fakeConn, 16),
 		welcome: `{"op":"welcome","node":"fake","conn":"fake-1","ping_interval_ms":60000}`}
 	fs.srv = httptest.NewUnstartedServer(http.HandlerFunc(fs.serveHTTP))
@@ -90,10 +92,9 @@ func (fs *fakeServer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-		acceptKey(r.Header.Get("Sec-WebSocket-Key")))
+		wsframe.AcceptKey(r.Header.Get("Sec-WebSocket-Key")))
 	brw.Flush()
-	c := &fakeConn{t: fs.t, nc: nc, token: token,
-		fr: frameReader{r: bufio.NewReader(nc), maxSize: 1 << 20, expectMasked: true}}
+	c := &fakeConn{t: fs.t, nc: nc, token: token, br: brw.Reader}
 	c.send(welcome)
 	fs.conns <- c
 }
@@ -112,14 +113,14 @@ func (fs *fakeServer) next() *fakeConn {
 
 func (c *fakeConn) send(s string) {
 	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.nc.Write(appendFrame(nil, opText, []byte(s), false, [4]byte{})); err != nil {
+	if _, err := c.nc.Write(wsframe.AppendFrame(nil, wsframe.OpText, true, []byte(s))); err != nil {
 		c.t.Errorf("fake server: cannot send: %v", err)
 	}
 }
 
-func (c *fakeConn) sendFrame(op byte, p string) {
+func (c *fakeConn) sendFrame(op wsframe.Opcode, p string) {
 	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	c.nc.Write(appendFrame(nil, op, []byte(p), false, [4]byte{}))
+	c.nc.Write(wsframe.AppendFrame(nil, op, true, []byte(p)))
 }
 
 // recv returns the next text frame from the client, decoded.
@@ -129,7 +130,7 @@ func (c *fakeConn) recv() map[string]any {
 	if err != nil {
 		c.t.Fatalf("fake server: cannot read: %v", err)
 	}
-	if op != opText {
+	if op != wsframe.OpText {
 		c.t.Fatalf("fake server: got opcode %d (%q), want text", op, p)
 	}
 	var m map[string]any
@@ -139,14 +140,35 @@ func (c *fakeConn) recv() map[string]any {
 	return m
 }
 
-func (c *fakeConn) nextFrame() (byte, []byte, error) {
+// nextFrame returns the next frame from the client, unmasked. The client
+// sends every message as one frame.
+func (c *fakeConn) nextFrame() (wsframe.Opcode, []byte, error) {
 	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	return c.fr.next()
+	var h wsframe.Header
+	for n := 2; ; n++ {
+		b, err := c.br.Peek(n)
+		if err != nil {
+			return 0, nil, err
+		}
+		var used int
+		if h, used, err = wsframe.ParseHeader(b, wsframe.FromClient); err == nil {
+			c.br.Discard(used)
+			break
+		} else if err != wsframe.ErrShort {
+			return 0, nil, err
+		}
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(c.br, p); err != nil {
+		return 0, nil, err
+	}
+	wsframe.Mask(p, h.Key, 0)
+	return h.Opcode, p, nil
 }
 
 // closeWith sends a close frame with code and closes the socket.
 func (c *fakeConn) closeWith(code int) {
-	c.sendFrame(opClose, string(closePayload(code, "")))
+	c.sendFrame(wsframe.OpClose, string(wsframe.AppendClose(nil, code, "")))
 	c.nc.Close()
 }
 
@@ -330,9 +352,9 @@ func TestPingPong(t *testing.T) {
 	if f := conn.recv(); f["op"] != "pong" {
 		t.Fatalf("answer to a ping: %v", f)
 	}
-	conn.sendFrame(opPing, "xyz")
+	conn.sendFrame(wsframe.OpPing, "xyz")
 	op, p, err := conn.nextFrame()
-	if err != nil || op != opPong || string(p) != "xyz" {
+	if err != nil || op != wsframe.OpPong || string(p) != "xyz" {
 		t.Fatalf("answer to a control ping: op %d %q %v", op, p, err)
 	}
 }
@@ -364,13 +386,13 @@ func TestReconnectAfterDrain(t *testing.T) {
 	conn := fs.next()
 	sent := time.Now()
 	conn.send(`{"op":"reconnect","after_ms":300}`)
-	conn.closeWith(closeRestart)
+	conn.closeWith(proto.CloseRestart)
 	fs.next()
 	if waited := time.Since(sent); waited < 300*time.Millisecond {
 		t.Fatalf("reconnected %v after the reconnect frame, want at least after_ms", waited)
 	}
 	var ce *CloseError
-	if d := evs.wait(t, EventDisconnected, 1); len(d) != 1 || !errors.As(d[0].Err, &ce) || ce.Code != closeRestart {
+	if d := evs.wait(t, EventDisconnected, 1); len(d) != 1 || !errors.As(d[0].Err, &ce) || ce.Code != proto.CloseRestart {
 		t.Fatalf("disconnected events: %+v", d)
 	}
 }
@@ -393,7 +415,7 @@ func TestUnauthorizedWaitsForNewToken(t *testing.T) {
 	if conn.token != "a" {
 		t.Fatalf("first token %q", conn.token)
 	}
-	conn.closeWith(closeUnauthorized)
+	conn.closeWith(proto.CloseUnauthorized)
 	conn = fs.next()
 	if conn.token != "b" {
 		t.Fatalf("reconnected with %q, want the new token", conn.token)
@@ -431,22 +453,33 @@ func TestHandshakeRefused(t *testing.T) {
 	}
 }
 
+// TestProtocolViolationReconnects sends what breaks the protocol: the
+// client closes with the matching code, reports ErrProtocol and reconnects.
 func TestProtocolViolationReconnects(t *testing.T) {
-	testutil.CheckGoroutines(t)
-	fs := startFake(t)
-	var evs eventLog
-	fakeDial(t, fs, Options{OnEvent: evs.add})
-	conn := fs.next()
-	conn.sendFrame(opBinary, "\x00")
-	op, p, _ := conn.nextFrame()
-	if code, _ := parseClose(p); op != opClose || code != closeProtocolError {
-		t.Fatalf("got op %d code %d, want a 1002 close", op, code)
+	f := func(name string, op wsframe.Opcode, payload string, wantCode int) {
+		t.Run(name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			fs := startFake(t)
+			var evs eventLog
+			fakeDial(t, fs, Options{OnEvent: evs.add, MaxMessageSize: 100})
+			conn := fs.next()
+			conn.sendFrame(op, payload)
+			op, p, _ := conn.nextFrame()
+			if code, _, _ := wsframe.DecodeClose(p); op != wsframe.OpClose || code != wantCode {
+				t.Fatalf("got op %v code %d, want a %d close", op, code, wantCode)
+			}
+			conn.closeWith(wantCode) // answer, as a server does
+			fs.next()
+			if d := evs.wait(t, EventDisconnected, 1); len(d) != 1 || !errors.Is(d[0].Err, ErrProtocol) {
+				t.Fatalf("disconnected events: %+v", d)
+			}
+		})
 	}
-	fs.next()
-	conn.nc.Close()
-	if d := evs.wait(t, EventDisconnected, 1); len(d) != 1 || !errors.Is(d[0].Err, ErrProtocol) {
-		t.Fatalf("disconnected events: %+v", d)
-	}
+	f("binary", wsframe.OpBinary, "\x00", proto.CloseProtocolError)
+	f("not json", wsframe.OpText, "{", proto.CloseProtocolError)
+	f("not utf-8", wsframe.OpText, "{\"op\":\"\xff\"}", proto.CloseInvalidPayload)
+	f("over MaxMessageSize", wsframe.OpText, `{"op":"message","data":"`+strings.Repeat("x", 100)+`"}`, proto.CloseTooBig)
+	f("reserved opcode", 0x3, "", proto.CloseProtocolError)
 }
 
 // TestSlowHandler fills the delivery queue of a blocked handler: the client
@@ -466,11 +499,11 @@ func TestSlowHandler(t *testing.T) {
 	})
 	for off := 1; off <= 10; off++ {
 		// The client may close before all ten are written: ignore write errors.
-		conn.sendFrame(opText, fmt.Sprintf(`{"op":"message","channel":"ch","offset":%d,"data":0}`, off))
+		conn.sendFrame(wsframe.OpText, fmt.Sprintf(`{"op":"message","channel":"ch","offset":%d,"data":0}`, off))
 	}
 	// The blocked handler holds one batch (at most QueueSize messages) and
 	// the queue QueueSize more: the tenth message cannot fit.
-	if op, _, _ := conn.nextFrame(); op != opClose {
+	if op, _, _ := conn.nextFrame(); op != wsframe.OpClose {
 		t.Fatalf("got op %d, want a close", op)
 	}
 	close(release)

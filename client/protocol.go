@@ -60,11 +60,6 @@ var (
 	pongJSON = []byte(`{"op":"pong"}`)
 )
 
-// randUint32 returns a random mask key. The key only has to be
-// unpredictable to scripts on the path, which math/rand/v2's ChaCha8
-// source is.
-func randUint32() uint32 { return rand.Uint32() }
-
 // fullJitter returns a uniformly random duration in [0, d).
 func fullJitter(d time.Duration) time.Duration {
 	if d <= 0 {
