@@ -8,12 +8,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,7 +39,8 @@ type connectProxy struct {
 	tunnels atomic.Int64
 	bytes   atomic.Int64
 
-	mu      sync.Mutex // guards targets and conns
+	mu      sync.Mutex        // guards the fields below
+	hosts   map[string]string // host:port → address to dial instead
 	targets []string
 	conns   []net.Conn
 	wg      sync.WaitGroup
@@ -80,7 +84,13 @@ func (p *connectProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	up, err := net.DialTimeout("tcp", r.Host, 5*time.Second)
+	addr := r.Host
+	p.mu.Lock()
+	if a, ok := p.hosts[addr]; ok {
+		addr = a
+	}
+	p.mu.Unlock()
+	up, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
@@ -117,6 +127,16 @@ func (cw countingWriter) Write(b []byte) (int, error) {
 	n, err := cw.w.Write(b)
 	cw.n.Add(int64(n))
 	return n, err
+}
+
+// Alias makes the proxy dial addr for tunnels to name.
+func (p *connectProxy) Alias(name, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hosts == nil {
+		p.hosts = make(map[string]string)
+	}
+	p.hosts[name] = addr
 }
 
 // Targets returns the addresses the proxy opened tunnels to, in order.
@@ -238,5 +258,54 @@ func TestTLSFrontAndHeaders(t *testing.T) {
 	var he *client.HandshakeError
 	if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("Dial without credentials: %v", err)
+	}
+}
+
+// TestProxyFromEnvironment runs a child test process with HTTP_PROXY set
+// (http.ProxyFromEnvironment reads the environment once per process) and a
+// node URL whose host only the proxy can resolve, since the environment's
+// proxy is never used for loopback addresses: with Options.Proxy nil the
+// client goes through the proxy, and with the host in NO_PROXY it does not.
+func TestProxyFromEnvironment(t *testing.T) {
+	if url := os.Getenv("TETHER_TEST_ENV_PROXY_URL"); url != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, url, client.Options{})
+		if err != nil {
+			fmt.Println("dial error:", err)
+			os.Exit(3)
+		}
+		c.Close()
+		return
+	}
+	testutil.CheckGoroutines(t)
+	srv := startServer(t, server.Config{}, newBus(t))
+	px := startConnectProxy(t, "", "")
+	_, port, _ := net.SplitHostPort(srv.Addr().String())
+	name := net.JoinHostPort("tether-node.invalid", port)
+	px.Alias(name, srv.Addr().String())
+
+	child := func(noProxy string) error {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestProxyFromEnvironment$", "-test.count=1")
+		cmd.Env = append(os.Environ(),
+			"TETHER_TEST_ENV_PROXY_URL=ws://"+name+"/ws",
+			"HTTP_PROXY="+px.srv.URL, "http_proxy=", "NO_PROXY="+noProxy, "no_proxy=")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	}
+	if err := child(""); err != nil {
+		t.Fatalf("through HTTP_PROXY: %v", err)
+	}
+	if got := px.Targets(); len(got) != 1 || got[0] != name {
+		t.Fatalf("tunnels to %v, want one to %s", got, name)
+	}
+	if err := child("tether-node.invalid"); err == nil {
+		t.Fatal("with the host in NO_PROXY the client still reached the node")
+	}
+	if got := px.Targets(); len(got) != 1 {
+		t.Fatalf("tunnels to %v despite NO_PROXY", got)
 	}
 }
