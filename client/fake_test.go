@@ -290,7 +290,7 @@ func TestRecoveryDropsDuplicates(t *testing.T) {
 	conn.send(`{"op":"message","channel":"ch","offset":6,"data":6}`)
 	conn.send(`{"op":"message","channel":"ch","offset":7,"data":7}`)
 	got.waitFor(t, "6@e1", "7@e1")
-	conn.closeWith(1011)
+	conn.closeWith(wsframe.CloseInternalError)
 
 	// Recovery: the client asks for everything after 7; the server's
 	// replay overlaps what it already has, and a stale message from the
@@ -318,7 +318,7 @@ func TestRecoveryDropsDuplicates(t *testing.T) {
 	if len(rs) != 1 || rs[0].Reason != ReasonResync || rs[0].After != 250*time.Millisecond || rs[0].Epoch != "e2" {
 		t.Fatalf("resync events: %+v", rs)
 	}
-	conn.closeWith(1011)
+	conn.closeWith(wsframe.CloseInternalError)
 
 	// History lost: recovered:false means resync and continue from the
 	// reply's position.
