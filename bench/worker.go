@@ -46,6 +46,67 @@ type workerMsg struct {
 	Error    string         `json:"error,omitempty"`
 }
 
+// poolConfig is what a pool needs; it comes from the coordinator.
+type poolConfig struct {
+	Targets     []string `json:"targets"` // host:port of each node
+	Path        string   `json:"path"`    // WebSocket path, "/ws"
+	Token       string   `json:"token,omitempty"`
+	Srcs        []string `json:"srcs,omitempty"` // source IPs, shared by all workers
+	First       int      `json:"first"`          // global index of this pool's first connection
+	Count       int      `json:"count"`
+	Channels    int      `json:"channels"`
+	ChanPrefix  string   `json:"chan_prefix"`
+	Subscribe   bool     `json:"subscribe"`
+	Messages    int      `json:"messages"`    // sequence numbers 0..Messages-1 are expected
+	Concurrency int      `json:"concurrency"` // in-flight handshakes
+	Retries     int      `json:"retries"`     // extra attempts per connection per phase
+	TimeoutNS   int64    `json:"timeout_ns"`  // per attempt
+	PhaseNS     int64    `json:"phase_ns"`    // a phase stops retrying after this
+	Pollers     int      `json:"pollers"`
+}
+
+// connStats are the connection figures of one phase (connect, or the
+// reconnect of a churn). Merged by the coordinator.
+type connStats struct {
+	Target    int               `json:"target"`
+	Up        int               `json:"up"`     // connections that got up in this phase
+	Failed    int               `json:"failed"` // connections that gave up in this phase
+	Attempts  int               `json:"attempts"`
+	Refused   int               `json:"refused"` // attempts answered 503
+	Failures  map[string]int    `json:"failures"`
+	Handshake *Hist             `json:"handshake"` // dial start to 101, ns
+	Subscribe *Hist             `json:"subscribe"` // subscribe sent to subscribed, ns
+	FirstUp   int64             `json:"first_up"`  // unix ns
+	LastUp    int64             `json:"last_up"`   // unix ns
+	Extra     map[string]uint64 `json:"extra,omitempty"`
+}
+
+// delivStats are the delivery figures of a pool.
+type delivStats struct {
+	Subscribers  int      `json:"subscribers"` // connections counted (were up at least once)
+	Messages     int      `json:"messages"`
+	Expected     uint64   `json:"expected"`
+	Delivered    uint64   `json:"delivered"` // unique (connection, sequence) pairs
+	Missing      uint64   `json:"missing"`
+	Duplicates   uint64   `json:"duplicates"`
+	Unexpected   uint64   `json:"unexpected"`    // sequence out of range or payload without t/s
+	Latency      *Hist    `json:"latency"`       // ns, one value per unique delivery
+	Timeline     []uint64 `json:"timeline"`      // unique deliveries per timelineInterval since t0
+	LastDelivery int64    `json:"last_delivery"` // unix ns
+	Dropped      int      `json:"dropped"`       // connections closed by the server or network after up
+}
+
+// progressStats is a worker's live state, sent several times a second.
+type progressStats struct {
+	Up        int    `json:"up"`
+	Failed    int    `json:"failed"`
+	Refused   int    `json:"refused"`
+	Errors    int    `json:"errors"` // failed attempts of this phase
+	Delivered uint64 `json:"delivered"`
+	Dups      uint64 `json:"dups"`
+	Pending   int    `json:"pending"`
+}
+
 // workerMain is `tether bench worker`: it serves the worker protocol on
 // stdin/stdout.
 func workerMain() int {
