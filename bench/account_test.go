@@ -38,9 +38,9 @@ func feed(p *pool, i int, frames ...[]byte) int {
 	for _, f := range frames {
 		data = append(data, f...)
 	}
-	var fr failure
+	var later deferred
 	cs.mu.Lock()
-	n := p.processLocked(cs, &p.shards[i%len(p.shards)], data, time.Now().UnixNano(), &fr)
+	n := p.processLocked(cs, &p.shards[i%len(p.shards)], data, time.Now().UnixNano(), &later)
 	cs.mu.Unlock()
 	p.shards[i%len(p.shards)].delivered.Add(uint64(n))
 	return n
@@ -72,7 +72,7 @@ func TestAccountingExact(t *testing.T) {
 	d := p.deliveries()
 	evens := (m + 1) / 2
 	dupsConn1 := 2 * ((m + 3) / 4)
-	want := delivStats{
+	want := deliveryStats{
 		Subscribers: 4, Messages: m, Expected: 4 * m,
 		Delivered:  uint64(m + evens),
 		Missing:    uint64(0 + (m - evens) + m + m),
@@ -112,14 +112,14 @@ func TestProcessFragmentsAndControl(t *testing.T) {
 	var out []byte
 	n := 0
 	for i := range stream {
-		var fr failure
+		var later deferred
 		cs.mu.Lock()
-		n += p.processLocked(cs, &p.shards[0], stream[i:i+1], now, &fr)
+		n += p.processLocked(cs, &p.shards[0], stream[i:i+1], now, &later)
 		cs.mu.Unlock()
-		if fr.reason != "" {
-			t.Fatalf("failure %q at byte %d", fr.reason, i)
+		if later.reason != "" {
+			t.Fatalf("failure %q at byte %d", later.reason, i)
 		}
-		out = append(out, fr.out...)
+		out = append(out, later.out...)
 	}
 	if n != 1 || cs.seen[0] != 1<<3 {
 		t.Fatalf("delivered %d, seen %b", n, cs.seen[0])
@@ -144,11 +144,11 @@ func TestProcessFragmentsAndControl(t *testing.T) {
 }
 
 func TestMergeDeliv(t *testing.T) {
-	a := delivStats{Subscribers: 2, Expected: 20, Delivered: 18, Missing: 2, Duplicates: 1, Latency: new(Hist), Timeline: []uint64{1, 2}}
-	b := delivStats{Subscribers: 1, Expected: 10, Delivered: 10, Latency: new(Hist), Timeline: []uint64{0, 1, 5}}
+	a := deliveryStats{Subscribers: 2, Expected: 20, Delivered: 18, Missing: 2, Duplicates: 1, Latency: new(Hist), Timeline: []uint64{1, 2}}
+	b := deliveryStats{Subscribers: 1, Expected: 10, Delivered: 10, Latency: new(Hist), Timeline: []uint64{0, 1, 5}}
 	a.Latency.Record(5)
 	b.Latency.Record(7)
-	d := delivStats{Latency: new(Hist)}
+	d := deliveryStats{Latency: new(Hist)}
 	mergeDeliv(&d, &a)
 	mergeDeliv(&d, &b)
 	if d.Subscribers != 3 || d.Expected != 30 || d.Delivered != 28 || d.Missing != 2 || d.Duplicates != 1 ||

@@ -17,9 +17,9 @@ func TestDeliveryPathAllocatesNothing(t *testing.T) {
 	cs, sh := &p.conns[0], &p.shards[0]
 	i := 0
 	allocs := testing.AllocsPerRun(500, func() {
-		var fr failure
+		var later deferred
 		cs.mu.Lock()
-		p.processLocked(cs, sh, frames[i%len(frames)], now, &fr)
+		p.processLocked(cs, sh, frames[i%len(frames)], now, &later)
 		cs.mu.Unlock()
 		i++
 	})

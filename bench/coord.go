@@ -390,13 +390,13 @@ func mergeConnStats(dst *connStats, s *connStats) {
 }
 
 // report collects the delivery figures of every worker.
-func (c *coordinator) report() (delivStats, connStats, error) {
+func (c *coordinator) report() (deliveryStats, connStats, error) {
 	for _, w := range c.workers {
 		if err := w.send(workerMsg{Op: "report"}); err != nil {
-			return delivStats{}, connStats{}, err
+			return deliveryStats{}, connStats{}, err
 		}
 	}
-	d := delivStats{Latency: new(Hist)}
+	d := deliveryStats{Latency: new(Hist)}
 	cs := connStats{Failures: map[string]int{}, Handshake: new(Hist), Subscribe: new(Hist), Extra: map[string]uint64{}}
 	for _, w := range c.workers {
 		r, err := w.await("report", 60*time.Second)
@@ -410,7 +410,7 @@ func (c *coordinator) report() (delivStats, connStats, error) {
 }
 
 // mergeDeliv adds s to dst. Counts add exactly; timelines add per bucket.
-func mergeDeliv(dst *delivStats, s *delivStats) {
+func mergeDeliv(dst *deliveryStats, s *deliveryStats) {
 	if s == nil {
 		return
 	}

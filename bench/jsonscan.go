@@ -72,7 +72,7 @@ func parseFrame(b []byte) (fi frameInfo, ok bool) {
 			}
 		case "data":
 			if b[v] == '{' {
-				return walkObject2(b, v, &fi)
+				return walkDataObject(b, v, &fi)
 			}
 		}
 		return skipValue(b, v)
@@ -83,9 +83,9 @@ func parseFrame(b []byte) (fi frameInfo, ok bool) {
 	return fi, skipSpace(b, i) == len(b)
 }
 
-// walkObject2 walks the "data" object and fills t and s. It is a separate
+// walkDataObject walks the "data" object and fills t and s. It is a separate
 // function (rather than a nested closure) to keep parseFrame allocation-free.
-func walkObject2(b []byte, i int, fi *frameInfo) int {
+func walkDataObject(b []byte, i int, fi *frameInfo) int {
 	end, ok := walkObject(b, i, func(key []byte, b []byte, v int) int {
 		switch string(key) {
 		case "t", "s":

@@ -68,13 +68,13 @@ type connState struct {
 // shard holds delivery counters for one poller, to avoid contended cache
 // lines. Fields are updated atomically.
 type shard struct {
-	lat       Hist
-	delivered atomic.Uint64
-	dups      atomic.Uint64
-	unexp     atomic.Uint64
-	last      atomic.Int64
-	timeline  []atomic.Uint64
-	_         [64]byte
+	lat        Hist
+	delivered  atomic.Uint64
+	dups       atomic.Uint64
+	unexpected atomic.Uint64
+	last       atomic.Int64
+	timeline   []atomic.Uint64
+	_          [64]byte
 }
 
 // phaseState is the bookkeeping of one connect phase. Guarded by pool.mu
@@ -96,25 +96,25 @@ type phaseState struct {
 // order: connState.mu before pool.mu. Never call into nbio (Write, Close)
 // with connState.mu held: nbio calls onClose synchronously.
 type pool struct {
-	cfg     poolConfig
-	eng     *nbio.Engine
-	targets []target
-	srcs    []netip.Addr
-	accept  string
-	timeout time.Duration
-	conns   []connState
-	shards  []shard
-	t0      atomic.Int64 // timeline origin, unix ns
-	queue   chan int32
-	sem     chan struct{}
-	stop    chan struct{} // closed by close: dialers stop waiting
-	dialers sync.WaitGroup
-	upNow   atomic.Int64
-	dropped atomic.Int64
-	badFrm  atomic.Uint64
-	pings   atomic.Uint64
-	errFrm  atomic.Uint64
-	recon   atomic.Uint64
+	cfg             poolConfig
+	eng             *nbio.Engine
+	targets         []target
+	srcs            []netip.Addr
+	accept          string
+	timeout         time.Duration
+	conns           []connState
+	shards          []shard
+	t0              atomic.Int64 // timeline origin, unix ns
+	queue           chan int32
+	sem             chan struct{}
+	stop            chan struct{} // closed by close: dialers stop waiting
+	dialers         sync.WaitGroup
+	upNow           atomic.Int64
+	dropped         atomic.Int64
+	malformedFrames atomic.Uint64
+	pingsAnswered   atomic.Uint64
+	errorFrames     atomic.Uint64
+	reconnectFrames atomic.Uint64
 
 	mu    sync.Mutex // guards phase and drops
 	phase *phaseState
@@ -292,10 +292,10 @@ func (p *pool) phaseStats() connStats {
 	s.Handshake = ph.stats.Handshake.Clone()
 	s.Subscribe = ph.stats.Subscribe.Clone()
 	s.Extra = map[string]uint64{
-		"bad_frames":       p.badFrm.Load(),
-		"error_frames":     p.errFrm.Load(),
-		"reconnect_frames": p.recon.Load(),
-		"pings_answered":   p.pings.Load(),
+		"bad_frames":       p.malformedFrames.Load(),
+		"error_frames":     p.errorFrames.Load(),
+		"reconnect_frames": p.reconnectFrames.Load(),
+		"pings_answered":   p.pingsAnswered.Load(),
 	}
 	for k, v := range p.drops {
 		s.Extra[k] = v
@@ -325,8 +325,8 @@ func (p *pool) progress() progressStats {
 }
 
 // deliveries counts the delivery figures exactly from the bitsets.
-func (p *pool) deliveries() delivStats {
-	d := delivStats{Messages: p.cfg.Messages, Latency: new(Hist), Dropped: int(p.dropped.Load())}
+func (p *pool) deliveries() deliveryStats {
+	d := deliveryStats{Messages: p.cfg.Messages, Latency: new(Hist), Dropped: int(p.dropped.Load())}
 	for i := range p.conns {
 		cs := &p.conns[i]
 		cs.mu.Lock()

@@ -31,9 +31,9 @@ func BenchmarkDeliver(b *testing.B) {
 		if i%m == 0 {
 			clear(cs.seen)
 		}
-		var fr failure
+		var later deferred
 		cs.mu.Lock()
-		p.processLocked(cs, sh, frames[i%m], now, &fr)
+		p.processLocked(cs, sh, frames[i%m], now, &later)
 		cs.mu.Unlock()
 		i++
 	}

@@ -75,8 +75,8 @@ func (p *pool) onData(c *nbio.Conn, data []byte) {
 		cs.mu.Unlock()
 		return
 	}
-	fr := failure{retryAfter: -1}
-	n := p.processLocked(cs, sh, data, now, &fr)
+	later := deferred{retryAfter: -1}
+	n := p.processLocked(cs, sh, data, now, &later)
 	gen := cs.gen
 	cs.mu.Unlock()
 	if n > 0 {
@@ -91,19 +91,20 @@ func (p *pool) onData(c *nbio.Conn, data []byte) {
 			}
 		}
 	}
-	if len(fr.out) > 0 {
-		_, _ = c.Write(fr.out)
+	if len(later.out) > 0 {
+		_, _ = c.Write(later.out)
 	}
-	if fr.closeConn {
+	if later.closeConn {
 		_ = c.Close()
 	}
-	if fr.reason != "" {
-		p.fail(cs, gen, fr.reason, fr.retryAfter, nil)
+	if later.reason != "" {
+		p.fail(cs, gen, later.reason, later.retryAfter, nil)
 	}
 }
 
-// failure is an attempt failure detected while cs.mu was held.
-type failure struct {
+// deferred is what processLocked found that must wait until cs.mu is
+// released: an attempt failure, frames to write, a close.
+type deferred struct {
 	reason     string
 	retryAfter int
 	// out holds frames to write once cs.mu is released: a failed nbio
@@ -115,7 +116,7 @@ type failure struct {
 
 // processLocked parses data for cs and returns the number of new unique
 // deliveries. cs.mu held on entry.
-func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, fr *failure) int {
+func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, later *deferred) int {
 	buf := data
 	inCopy := len(cs.in) > 0
 	if inCopy {
@@ -126,7 +127,7 @@ func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, f
 	if cs.state == stHandshake {
 		res, n, err := parseHandshake(buf, p.accept)
 		if err != nil {
-			fr.reason = "bad_handshake"
+			later.reason = "bad_handshake"
 			return 0
 		}
 		if n == 0 {
@@ -137,13 +138,13 @@ func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, f
 		case res.status == 101 && res.acceptOK:
 			p.handshakeDoneLocked(cs, now)
 		case res.status == 101:
-			fr.reason = "bad_accept"
+			later.reason = "bad_accept"
 			return 0
 		case res.status == 503:
-			fr.reason, fr.retryAfter = "http_503", max(res.retryAfter, 0)
+			later.reason, later.retryAfter = "http_503", max(res.retryAfter, 0)
 			return 0
 		default:
-			fr.reason = "http_" + strconv.Itoa(res.status)
+			later.reason = "http_" + strconv.Itoa(res.status)
 			return 0
 		}
 		off = n
@@ -152,11 +153,11 @@ func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, f
 	for off < len(buf) {
 		h, n, err := parseFrameHeader(buf[off:])
 		if err != nil {
-			p.badFrm.Add(1)
+			p.malformedFrames.Add(1)
 			if cs.state != stUp {
-				fr.reason = "bad_frame"
+				later.reason = "bad_frame"
 			} else {
-				fr.closeConn = true // onClose counts the drop
+				later.closeConn = true // onClose counts the drop
 			}
 			return delivered
 		}
@@ -171,7 +172,7 @@ func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, f
 		switch h.opcode {
 		case wsText, wsBinary:
 			if h.fin {
-				delivered += p.messageLocked(cs, sh, payload, now, fr)
+				delivered += p.messageLocked(cs, sh, payload, now, later)
 			} else {
 				cs.msg = append(cs.msg[:0], payload...)
 				cs.inMsg = true
@@ -180,30 +181,30 @@ func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, f
 			if cs.inMsg {
 				cs.msg = append(cs.msg, payload...)
 				if len(cs.msg) > maxFrame {
-					fr.reason = "bad_frame"
+					later.reason = "bad_frame"
 					return delivered
 				}
 				if h.fin {
-					delivered += p.messageLocked(cs, sh, cs.msg, now, fr)
+					delivered += p.messageLocked(cs, sh, cs.msg, now, later)
 					cs.msg, cs.inMsg = nil, false
 				}
 			}
 		case wsPing:
-			fr.out = appendClientFrame(fr.out, wsPong, payload, cs.maskKey())
+			later.out = appendClientFrame(later.out, wsPong, payload, cs.maskKey())
 		case wsClose:
 			code := 1005
 			if len(payload) >= 2 {
 				code = int(payload[0])<<8 | int(payload[1])
 			}
-			fr.out = appendClientFrame(fr.out, wsClose, payload[:min(len(payload), 2)], cs.maskKey())
+			later.out = appendClientFrame(later.out, wsClose, payload[:min(len(payload), 2)], cs.maskKey())
 			if cs.state != stUp {
-				fr.reason = "close_" + strconv.Itoa(code)
+				later.reason = "close_" + strconv.Itoa(code)
 			} else {
 				cs.closeCode = uint16(code)
 			}
 			// When up, onClose counts the drop after the server closes.
 		}
-		if fr.reason != "" {
+		if later.reason != "" {
 			return delivered
 		}
 	}
@@ -249,25 +250,25 @@ func (p *pool) handshakeDoneLocked(cs *connState, now int64) {
 
 // messageLocked handles one tether frame and returns 1 for a new unique
 // delivery. cs.mu held on entry.
-func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, fr *failure) int {
+func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, later *deferred) int {
 	fi, ok := parseFrame(msg)
 	if !ok {
-		p.badFrm.Add(1)
+		p.malformedFrames.Add(1)
 		return 0
 	}
 	switch fi.op {
 	case opMessage:
 		return p.deliverLocked(cs, sh, fi, now)
 	case opPing:
-		p.pings.Add(1)
-		fr.out = appendClientFrame(fr.out, wsText, []byte(`{"op":"pong"}`), cs.maskKey())
+		p.pingsAnswered.Add(1)
+		later.out = appendClientFrame(later.out, wsText, []byte(`{"op":"pong"}`), cs.maskKey())
 	case opWelcome:
 		if cs.state == stOpen && p.cfg.Subscribe {
 			ch := p.cfg.ChanPrefix + strconv.Itoa((p.cfg.First+int(cs.idx))%p.cfg.Channels)
 			sub := `{"op":"subscribe","channel":"` + ch + `"}`
 			cs.state = stSubscribing
 			cs.tSub = now
-			fr.out = appendClientFrame(fr.out, wsText, []byte(sub), cs.maskKey())
+			later.out = appendClientFrame(later.out, wsText, []byte(sub), cs.maskKey())
 		}
 	case opSubscribed:
 		if cs.state == stSubscribing {
@@ -277,12 +278,12 @@ func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, fr
 			p.upLocked(cs, now)
 		}
 	case opError:
-		p.errFrm.Add(1)
+		p.errorFrames.Add(1)
 		if cs.state == stSubscribing {
-			fr.reason = "subscribe_error"
+			later.reason = "subscribe_error"
 		}
 	case opReconnect:
-		p.recon.Add(1)
+		p.reconnectFrames.Add(1)
 	}
 	return 0
 }
@@ -292,7 +293,7 @@ func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, fr
 func (p *pool) deliverLocked(cs *connState, sh *shard, fi frameInfo, now int64) int {
 	if !fi.hasT || !fi.hasS || fi.s < 0 || fi.s >= int64(p.cfg.Messages) {
 		cs.unexpected++
-		sh.unexp.Add(1)
+		sh.unexpected.Add(1)
 		return 0
 	}
 	w := &cs.seen[fi.s>>6]

@@ -41,7 +41,7 @@ type workerMsg struct {
 	PID      int            `json:"pid,omitempty"`
 	Progress *progressStats `json:"progress,omitempty"`
 	Conn     *connStats     `json:"conn,omitempty"`
-	Deliv    *delivStats    `json:"deliv,omitempty"`
+	Deliv    *deliveryStats `json:"deliv,omitempty"`
 	CPU      *cpuUsage      `json:"cpu,omitempty"`
 	Error    string         `json:"error,omitempty"`
 }
@@ -81,8 +81,8 @@ type connStats struct {
 	Extra     map[string]uint64 `json:"extra,omitempty"`
 }
 
-// delivStats are the delivery figures of a pool.
-type delivStats struct {
+// deliveryStats are the delivery figures of a pool.
+type deliveryStats struct {
 	Subscribers  int      `json:"subscribers"` // connections counted (were up at least once)
 	Messages     int      `json:"messages"`
 	Expected     uint64   `json:"expected"`
