@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tether/bus"
+	"tether/internal/proto"
 )
 
 // maxBatch bounds the messages of one batch publish.
@@ -72,7 +73,7 @@ func (s *Server) staticRoutes(mux *http.ServeMux) {
 }
 
 func notFound(w http.ResponseWriter, _ *http.Request) {
-	httpError(w, http.StatusNotFound, codeNotFound, "no such page")
+	httpError(w, http.StatusNotFound, proto.CodeNotFound, "no such page")
 }
 
 // httpError writes the JSON error body every API error carries.
@@ -142,22 +143,22 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.APIKey == "" {
 			msg = "without an API key the API answers only loopback callers"
 		}
-		s.apiError(w, http.StatusUnauthorized, codeUnauthorized, msg)
+		s.apiError(w, http.StatusUnauthorized, proto.CodeUnauthorized, msg)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.maxBatchBody())))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			s.apiError(w, http.StatusRequestEntityTooLarge, codeTooLarge, "request body too large")
+			s.apiError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "request body too large")
 			return
 		}
-		s.apiError(w, http.StatusBadRequest, codeBadRequest, "cannot read body")
+		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "cannot read body")
 		return
 	}
 	var req apiPublishRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		s.apiError(w, http.StatusBadRequest, codeBadRequest, "malformed JSON body")
+		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body")
 		return
 	}
 	batch := req.Messages != nil
@@ -165,29 +166,29 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 	if !batch {
 		msgs = []apiMessage{req.apiMessage}
 	} else if req.Channel != "" || req.Data != nil {
-		s.apiError(w, http.StatusBadRequest, codeBadRequest, "give either channel+data or messages, not both")
+		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "give either channel+data or messages, not both")
 		return
 	}
 	if len(msgs) == 0 {
-		s.apiError(w, http.StatusBadRequest, codeBadRequest, "messages is empty")
+		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "messages is empty")
 		return
 	}
 	if len(msgs) > maxBatch {
-		s.apiError(w, http.StatusRequestEntityTooLarge, codeTooLarge, "more than 1000 messages in one batch")
+		s.apiError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "more than 1000 messages in one batch")
 		return
 	}
 	pubs := make([]bus.Publication, len(msgs))
 	for i, m := range msgs {
-		if perr := validChannel(m.Channel); perr != nil {
+		if perr := checkChannel(m.Channel); perr != nil {
 			s.apiError(w, http.StatusBadRequest, perr.code, perr.msg+" (message "+strconv.Itoa(i)+")")
 			return
 		}
 		if len(m.Data) == 0 {
-			s.apiError(w, http.StatusBadRequest, codeBadRequest, "missing data (message "+strconv.Itoa(i)+")")
+			s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "missing data (message "+strconv.Itoa(i)+")")
 			return
 		}
 		if len(m.Data) > s.cfg.MaxMessageSize {
-			s.apiError(w, http.StatusRequestEntityTooLarge, codeTooLarge, "data larger than the max message size (message "+strconv.Itoa(i)+")")
+			s.apiError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "data larger than the max message size (message "+strconv.Itoa(i)+")")
 			return
 		}
 		pubs[i] = bus.Publication{Channel: m.Channel, Data: compactJSON(m.Data)}
@@ -197,7 +198,7 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 	pos, err := s.bus.PublishBatch(ctx, pubs)
 	if err != nil {
 		w.Header().Set("Retry-After", strconv.FormatInt(1+s.jitterMS()/1000, 10))
-		s.apiError(w, http.StatusServiceUnavailable, codeUnavailable, "cannot publish now: "+err.Error())
+		s.apiError(w, http.StatusServiceUnavailable, proto.CodeUnavailable, "cannot publish now: "+err.Error())
 		return
 	}
 	s.m.published.Add(len(pubs))

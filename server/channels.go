@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"tether/bus"
+	"tether/internal/proto"
 )
 
 const indexShards = 64
@@ -90,19 +91,19 @@ const maxRecoveryBuffer = 4096
 
 func (s *Server) subscribe(c *conn, f clientFrame) {
 	if !c.mayRead(f.Channel) {
-		c.replyError(f.ID, errf(codeForbidden, "not allowed to subscribe to this channel"))
+		c.replyError(f.ID, errf(proto.CodeForbidden, "not allowed to subscribe to this channel"))
 		return
 	}
 	c.mu.Lock()
 	if max := s.cfg.MaxSubsPerConn; max > 0 && len(c.subs) >= max {
 		c.mu.Unlock()
-		c.replyError(f.ID, errf(codeLimit, "too many subscriptions on this connection"))
+		c.replyError(f.ID, errf(proto.CodeLimit, "too many subscriptions on this connection"))
 		return
 	}
 	for _, sub := range c.subs {
 		if sub.ch.name == f.Channel {
 			c.mu.Unlock()
-			c.replyError(f.ID, errf(codeLimit, "already subscribed"))
+			c.replyError(f.ID, errf(proto.CodeLimit, "already subscribed"))
 			return
 		}
 	}
@@ -242,7 +243,7 @@ func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMess
 	if err != nil {
 		s.log.Debug("cannot read history", "channel", ch.name, "err", err)
 		s.dropSub(sub)
-		c.replyError(id, errf(codeUnavailable, "cannot subscribe now, retry later"))
+		c.replyError(id, errf(proto.CodeUnavailable, "cannot subscribe now, retry later"))
 		return
 	}
 	if since != nil && h.Recovered {
@@ -281,7 +282,7 @@ func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMess
 func (s *Server) unsubscribe(c *conn, f clientFrame) {
 	sub := c.takeSub(func(x *subscription) bool { return x.ch.name == f.Channel })
 	if sub == nil {
-		c.replyError(f.ID, errf(codeNotFound, "not subscribed to this channel"))
+		c.replyError(f.ID, errf(proto.CodeNotFound, "not subscribed to this channel"))
 		return
 	}
 	s.removeSub(sub)
@@ -291,17 +292,17 @@ func (s *Server) unsubscribe(c *conn, f clientFrame) {
 // clientPublish handles a publish frame.
 func (s *Server) clientPublish(c *conn, f clientFrame) {
 	if !c.mayPublish(f.Channel) {
-		c.replyError(f.ID, errf(codeForbidden, "not allowed to publish to this channel"))
+		c.replyError(f.ID, errf(proto.CodeForbidden, "not allowed to publish to this channel"))
 		return
 	}
 	if len(f.Data) > s.cfg.MaxMessageSize {
-		c.replyError(f.ID, errf(codeTooLarge, "data larger than the max message size"))
+		c.replyError(f.ID, errf(proto.CodeTooLarge, "data larger than the max message size"))
 		return
 	}
 	id := f.ID
 	s.bus.PublishAsync([]bus.Publication{{Channel: f.Channel, Data: compactJSON(f.Data)}}, func(pos []bus.Position, err error) {
 		if err != nil {
-			c.replyError(id, errf(codeUnavailable, "cannot publish now, retry later"))
+			c.replyError(id, errf(proto.CodeUnavailable, "cannot publish now, retry later"))
 			return
 		}
 		s.m.published.Inc()

@@ -8,7 +8,7 @@ import (
 
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp/websocket"
-
+	"tether/internal/proto"
 	"tether/ring"
 )
 
@@ -125,9 +125,9 @@ func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
 			return
 		}
 		if c.strikes == 1 {
-			c.replyError(nil, errf(codeRateLimited, "too many frames: slow down"))
+			c.replyError(nil, errf(proto.CodeRateLimited, "too many frames: slow down"))
 		} else {
-			c.srv.m.protocolErrors(codeRateLimited).Inc()
+			c.srv.m.protocolErrors(proto.CodeRateLimited).Inc()
 		}
 		return
 	}
@@ -137,14 +137,14 @@ func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
 		return
 	}
 	switch f.Op {
-	case opPong:
-	case opPing:
+	case proto.OpPong:
+	case proto.OpPing:
 		c.send(pongFrame)
-	case opSubscribe:
+	case proto.OpSubscribe:
 		c.srv.subscribe(c, f)
-	case opUnsubscribe:
+	case proto.OpUnsubscribe:
 		c.srv.unsubscribe(c, f)
-	case opPublish:
+	case proto.OpPublish:
 		c.srv.clientPublish(c, f)
 	}
 }

@@ -1,28 +1,21 @@
 package server
 
-import "errors"
+import (
+	"errors"
 
-// Protocol error codes sent in error frames (docs/protocol.md).
-const (
-	codeBadRequest   = "bad_request"
-	codeUnauthorized = "unauthorized"
-	codeForbidden    = "forbidden"
-	codeNotFound     = "not_found"
-	codeTooLarge     = "too_large"
-	codeRateLimited  = "rate_limited"
-	codeLimit        = "limit"
-	codeUnavailable  = "unavailable"
+	"tether/internal/proto"
 )
 
-// WebSocket close codes (docs/protocol.md).
+// Close codes the server sends, for callers that check a connection's end;
+// internal/proto describes each.
 const (
-	CloseTooBig            = 1009
-	CloseRestart           = 1012
-	CloseUnauthorized      = 4001
-	CloseHeartbeatTimeout  = 4008
-	CloseSlowConsumer      = 4009
-	CloseRateLimited       = 4029
-	CloseProtocolViolation = 4400
+	CloseTooBig            = proto.CloseTooBig
+	CloseRestart           = proto.CloseRestart
+	CloseUnauthorized      = proto.CloseUnauthorized
+	CloseHeartbeatTimeout  = proto.CloseHeartbeatTimeout
+	CloseSlowConsumer      = proto.CloseSlowConsumer
+	CloseRateLimited       = proto.CloseRateLimited
+	CloseProtocolViolation = proto.CloseProtocolViolation
 )
 
 // Errors returned by a Server. Check them with errors.Is.

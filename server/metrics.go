@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
+	"tether/internal/proto"
 )
 
 // serverMetrics holds every metric of a Server, created once in New. The
@@ -37,7 +38,7 @@ type serverMetrics struct {
 var (
 	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request"}
 	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "error"}
-	protoErrorCodes   = []string{codeBadRequest, codeUnauthorized, codeForbidden, codeNotFound, codeTooLarge, codeRateLimited, codeLimit, codeUnavailable, "binary"}
+	protoErrorCodes   = []string{proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound, proto.CodeTooLarge, proto.CodeRateLimited, proto.CodeLimit, proto.CodeUnavailable, "binary"}
 )
 
 func newServerMetrics(set *metrics.Set) *serverMetrics {
@@ -79,7 +80,7 @@ func (m *serverMetrics) protocolErrors(code string) *metrics.Counter {
 	if c, ok := m.protoErrs[code]; ok {
 		return c
 	}
-	return m.protoErrs[codeBadRequest]
+	return m.protoErrs[proto.CodeBadRequest]
 }
 
 func (m *serverMetrics) reject(reason string) { m.rejected[reason].Inc() }

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"tether/bus"
+	"tether/internal/proto"
 )
 
 // clientFrame is a decoded client→server frame (docs/protocol.md).
@@ -24,60 +25,49 @@ type sincePos struct {
 	Epoch  string `json:"epoch"`
 }
 
-// Client operations.
-const (
-	opSubscribe   = "subscribe"
-	opUnsubscribe = "unsubscribe"
-	opPublish     = "publish"
-	opPing        = "ping"
-	opPong        = "pong"
-)
-
-const maxIDLen = 64
-
 // decodeClientFrame parses and validates one client frame. The returned
 // frame does not reference b. On failure it returns the best-effort id (so
 // the error reply can echo it) and a bad_request error.
 func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 	var f clientFrame
 	if err := json.Unmarshal(b, &f); err != nil {
-		return clientFrame{}, errf(codeBadRequest, "malformed JSON frame")
+		return clientFrame{}, errf(proto.CodeBadRequest, "malformed JSON frame")
 	}
 	if len(f.ID) > 0 {
 		if !validID(f.ID) {
 			f.ID = nil
-			return f, errf(codeBadRequest, "id must be a number or a string of at most 64 bytes")
+			return f, errf(proto.CodeBadRequest, "id must be a number or a string of at most 64 bytes")
 		}
 	}
 	switch f.Op {
-	case opSubscribe, opUnsubscribe:
-		if err := validChannel(f.Channel); err != nil {
+	case proto.OpSubscribe, proto.OpUnsubscribe:
+		if err := checkChannel(f.Channel); err != nil {
 			return f, err
 		}
-		if f.Op == opUnsubscribe && f.Since != nil {
-			return f, errf(codeBadRequest, "since is only valid with subscribe")
+		if f.Op == proto.OpUnsubscribe && f.Since != nil {
+			return f, errf(proto.CodeBadRequest, "since is only valid with subscribe")
 		}
 		if f.Since != nil && len(f.Since.Epoch) > 64 {
-			return f, errf(codeBadRequest, "since.epoch is too long")
+			return f, errf(proto.CodeBadRequest, "since.epoch is too long")
 		}
-	case opPublish:
-		if err := validChannel(f.Channel); err != nil {
+	case proto.OpPublish:
+		if err := checkChannel(f.Channel); err != nil {
 			return f, err
 		}
 		if len(f.Data) == 0 {
-			return f, errf(codeBadRequest, "publish needs data")
+			return f, errf(proto.CodeBadRequest, "publish needs data")
 		}
-	case opPing, opPong:
+	case proto.OpPing, proto.OpPong:
 	case "":
-		return f, errf(codeBadRequest, "missing op")
+		return f, errf(proto.CodeBadRequest, "missing op")
 	default:
-		return f, errf(codeBadRequest, "unknown op")
+		return f, errf(proto.CodeBadRequest, "unknown op")
 	}
 	return f, nil
 }
 
 func validID(id json.RawMessage) bool {
-	if len(id) > maxIDLen+2 {
+	if len(id) > proto.MaxIDLen+2 {
 		return false
 	}
 	switch c := id[0]; {
@@ -89,19 +79,11 @@ func validID(id json.RawMessage) bool {
 	return false
 }
 
-// validChannel checks a channel name: 1–255 bytes of printable ASCII
-// without spaces.
-func validChannel(name string) *protoError {
-	if name == "" {
-		return errf(codeBadRequest, "missing channel")
-	}
-	if len(name) > 255 {
-		return errf(codeBadRequest, "channel name longer than 255 bytes")
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c <= ' ' || c > '~' {
-			return errf(codeBadRequest, "channel name must be printable ASCII without spaces")
-		}
+// checkChannel returns the bad_request error for an invalid channel name
+// (proto.CheckChannel), nil for a valid one.
+func checkChannel(name string) *protoError {
+	if err := proto.CheckChannel(name); err != nil {
+		return errf(proto.CodeBadRequest, err.Error())
 	}
 	return nil
 }

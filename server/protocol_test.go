@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/proto"
 )
 
 func TestProtocolErrors(t *testing.T) {
@@ -144,12 +146,12 @@ func TestCloseCodes(t *testing.T) {
 
 func TestChannelNames(t *testing.T) {
 	for _, ok := range []string{"a", "scores.m1", "user.42", "x-y_z:1/2", strings.Repeat("a", 255), `q"uote`} {
-		if err := validChannel(ok); err != nil {
+		if err := checkChannel(ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"", " ", "a b", "tab\t", "é", strings.Repeat("a", 256), "nl\n"} {
-		if err := validChannel(bad); err == nil {
+		if err := checkChannel(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -187,7 +189,7 @@ func FuzzDecodeClientFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := decodeClientFrame(b)
 		if err != nil {
-			if err.code != codeBadRequest {
+			if err.code != proto.CodeBadRequest {
 				t.Fatalf("decoder error code %q", err.code)
 			}
 			if len(fr.ID) > 0 && !validID(fr.ID) {
@@ -195,19 +197,19 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			}
 			return
 		}
-		if fr.Op == opSubscribe || fr.Op == opUnsubscribe || fr.Op == opPublish {
-			if validChannel(fr.Channel) != nil {
+		if fr.Op == proto.OpSubscribe || fr.Op == proto.OpUnsubscribe || fr.Op == proto.OpPublish {
+			if checkChannel(fr.Channel) != nil {
 				t.Fatalf("invalid channel accepted: %q", fr.Channel)
 			}
 		}
-		if fr.Op == opPublish && !isJSONValue(fr.Data) {
+		if fr.Op == proto.OpPublish && !isJSONValue(fr.Data) {
 			t.Fatalf("invalid data accepted: %q", fr.Data)
 		}
 		// Whatever was accepted must encode back into valid frames.
 		if !isJSONValue(appendError(nil, fr.ID, "x", "y")) {
 			t.Fatalf("id %q breaks the error frame", fr.ID)
 		}
-		if fr.Op == opPublish && !isJSONValue(appendMessage(nil, fr.Channel, 1, fr.Data)) {
+		if fr.Op == proto.OpPublish && !isJSONValue(appendMessage(nil, fr.Channel, 1, fr.Data)) {
 			t.Fatalf("message frame invalid for %q", b)
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
+	"tether/internal/proto"
 )
 
 // newUpgrader returns the WebSocket upgrader with the server's callbacks.
@@ -51,13 +52,13 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		tok := tokenFromRequest(r)
 		if tok == "" {
 			s.m.reject("unauthorized")
-			httpError(w, http.StatusUnauthorized, codeUnauthorized, "a token is required")
+			httpError(w, http.StatusUnauthorized, proto.CodeUnauthorized, "a token is required")
 			return
 		}
 		a, err := parseToken(s.cfg.JWTSecret, tok, time.Now())
 		if err != nil {
 			s.m.reject("unauthorized")
-			httpError(w, http.StatusUnauthorized, codeUnauthorized, err.Error())
+			httpError(w, http.StatusUnauthorized, proto.CodeUnauthorized, err.Error())
 			return
 		}
 		auth = a
@@ -130,5 +131,5 @@ func underlying(ws *websocket.Conn) (*nbio.Conn, bool) {
 func (s *Server) refuse(w http.ResponseWriter, reason, msg string) {
 	retry := 1 + rand.Int64N(max(1, int64(s.cfg.ReconnectJitter/time.Second)))
 	w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
-	httpError(w, http.StatusServiceUnavailable, codeUnavailable, msg)
+	httpError(w, http.StatusServiceUnavailable, proto.CodeUnavailable, msg)
 }
