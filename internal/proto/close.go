@@ -1,17 +1,21 @@
 package proto
 
-// Close codes tether uses: the RFC 6455 codes its peers send or react to,
-// and tether's own codes in the 4000–4999 range for applications. Each is
-// described in Closes; docs/protocol.md's "Close codes" table lists the ones
-// the server sends, and a test keeps the two in step.
+import "tether/internal/wsframe"
+
+// Close codes tether uses: the RFC 6455 codes its peers send or react to
+// (defined in internal/wsframe, named again here so that the table below is
+// complete), and tether's own codes in the 4000–4999 range for
+// applications. Each is described in the table of Closes; docs/protocol.md's
+// "Close codes" table mirrors it, and a test keeps the two in step.
 const (
-	CloseNormal            = 1000 // RFC 6455: normal closure
-	CloseProtocolError     = 1002 // RFC 6455: protocol error
-	CloseNoStatus          = 1005 // RFC 6455: no status code in the close frame (never sent)
-	CloseAbnormal          = 1006 // RFC 6455: closed without a close frame (never sent)
-	CloseInvalidPayload    = 1007 // RFC 6455: invalid frame payload data (non-UTF-8 text)
-	CloseTooBig            = 1009 // RFC 6455: message too big
-	CloseRestart           = 1012 // IANA registry: service restart
+	CloseNormal         = wsframe.CloseNormal
+	CloseProtocolError  = wsframe.CloseProtocolError
+	CloseNoStatus       = wsframe.CloseNoStatus
+	CloseAbnormal       = wsframe.CloseAbnormal
+	CloseInvalidPayload = wsframe.CloseInvalidPayload
+	CloseTooBig         = wsframe.CloseTooBig
+	CloseRestart        = wsframe.CloseServiceRestart
+
 	CloseUnauthorized      = 4001
 	CloseHeartbeatTimeout  = 4008
 	CloseSlowConsumer      = 4009

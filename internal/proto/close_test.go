@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"tether/internal/wsframe"
 )
 
 func TestCloseTable(t *testing.T) {
@@ -20,6 +22,9 @@ func TestCloseTable(t *testing.T) {
 		case SentByServer, SentByClient, SentByBoth, SentByNone:
 		default:
 			t.Errorf("close code %d: unknown sender %q", c.Code, c.Sender)
+		}
+		if onWire := c.Sender != SentByNone; onWire != wsframe.ValidCloseCode(c.Code) {
+			t.Errorf("close code %d: sent on the wire = %v, valid on the wire = %v", c.Code, onWire, !onWire)
 		}
 		if c.Name == "" || c.Meaning == "" {
 			t.Errorf("close code %d lacks a name or a meaning", c.Code)

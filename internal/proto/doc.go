@@ -3,8 +3,9 @@
 // meaning, and the channel-name rule. docs/protocol.md is the prose for the
 // same facts; a test checks that its close-code table mirrors this package.
 //
-// It knows nothing of sockets or JSON encoding (the WebSocket codec is
-// internal/wsframe) and imports only the standard library.
+// It knows nothing of sockets or JSON encoding; it imports only the standard
+// library and internal/wsframe, the WebSocket codec, whose RFC 6455 close
+// codes it names again beside tether's own.
 //
 // Where to find:
 //
