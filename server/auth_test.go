@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/proto"
 )
 
 var testSecret = []byte("test-secret-0123456789")
@@ -110,7 +112,7 @@ func TestAuthChannels(t *testing.T) {
 func TestTokenExpiryCloses4001(t *testing.T) {
 	ts := startServer(t, Config{JWTSecret: testSecret, PingInterval: time.Second})
 	c := dialToken(t, ts, map[string]any{"sub": "1", "exp": time.Now().Add(1500 * time.Millisecond).Unix()})
-	if code := c.expectClose(5 * time.Second); code != CloseUnauthorized {
+	if code := c.expectClose(5 * time.Second); code != proto.CloseUnauthorized {
 		t.Fatalf("close %d, want 4001", code)
 	}
 	eventually(t, 3*time.Second, func() bool {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp/websocket"
+	"tether/internal/proto"
 )
 
 // sendClose queues a close frame as the last frame of c. The peer answers
@@ -106,5 +107,5 @@ func (s *Server) slowConsumer(c *conn) {
 	c.pending = c.pending[:0]
 	c.pendingBytes = 0
 	c.mu.Unlock()
-	c.sendClose(CloseSlowConsumer, "slow consumer", nil)
+	c.sendClose(proto.CloseSlowConsumer, "slow consumer", nil)
 }

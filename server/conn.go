@@ -116,12 +116,12 @@ func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
 	}
 	if mt != websocket.TextMessage {
 		c.srv.m.protocolErrors("binary").Inc()
-		c.srv.closeConn(c, CloseProtocolViolation, "binary frames are not part of the protocol", "protocol")
+		c.srv.closeConn(c, proto.CloseProtocolViolation, "binary frames are not part of the protocol", "protocol")
 		return
 	}
 	if !c.allow(now) {
 		if c.strikes > c.srv.cfg.ClientMsgBurst {
-			c.srv.closeConn(c, CloseRateLimited, "rate limited", "rate_limited")
+			c.srv.closeConn(c, proto.CloseRateLimited, "rate limited", "rate_limited")
 			return
 		}
 		if c.strikes == 1 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"math/rand/v2"
 	"time"
+
+	"tether/internal/proto"
 )
 
 // Drain stops the node gracefully: /readyz turns 503 at once, so that load
@@ -68,7 +70,7 @@ func (s *Server) Drain(ctx context.Context) error {
 func (s *Server) drainConn(c *conn) {
 	c.setDisconnect("drain")
 	after := s.jitterMS()
-	c.sendClose(CloseRestart, "node draining", textFrame(func(b []byte) []byte { return appendReconnect(b, after) }))
+	c.sendClose(proto.CloseRestart, "node draining", textFrame(func(b []byte) []byte { return appendReconnect(b, after) }))
 }
 
 // Draining reports whether Drain has started.

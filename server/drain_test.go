@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"tether/internal/proto"
 )
 
 // TestDrainDelayAcceptsThenRefuses checks the order of a drain: /readyz
@@ -37,8 +39,8 @@ func TestDrainDelayAcceptsThenRefuses(t *testing.T) {
 		t.Fatalf("refused after %v, before the %v delay", refusedAfter, delay)
 	}
 	for name, c := range map[string]*testClient{"before": before, "during": during} {
-		if code := c.expectClose(5 * time.Second); code != CloseRestart {
-			t.Fatalf("client connected %s the drain: close %d, want %d", name, code, CloseRestart)
+		if code := c.expectClose(5 * time.Second); code != proto.CloseRestart {
+			t.Fatalf("client connected %s the drain: close %d, want %d", name, code, proto.CloseRestart)
 		}
 	}
 	if err := <-drained; err != nil {

@@ -1,22 +1,6 @@
 package server
 
-import (
-	"errors"
-
-	"tether/internal/proto"
-)
-
-// Close codes the server sends, for callers that check a connection's end;
-// internal/proto describes each.
-const (
-	CloseTooBig            = proto.CloseTooBig
-	CloseRestart           = proto.CloseRestart
-	CloseUnauthorized      = proto.CloseUnauthorized
-	CloseHeartbeatTimeout  = proto.CloseHeartbeatTimeout
-	CloseSlowConsumer      = proto.CloseSlowConsumer
-	CloseRateLimited       = proto.CloseRateLimited
-	CloseProtocolViolation = proto.CloseProtocolViolation
-)
+import "errors"
 
 // Errors returned by a Server. Check them with errors.Is.
 var (

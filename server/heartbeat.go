@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"tether/internal/proto"
 	"tether/ring"
 )
 
@@ -172,9 +173,9 @@ func (h *heartbeats) advance(now time.Time) {
 				a.c.send(pingFrame)
 			case hbTimeout:
 				h.srv.m.heartbeatTimeouts.Inc()
-				h.srv.closeConn(a.c, CloseHeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout")
+				h.srv.closeConn(a.c, proto.CloseHeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout")
 			case hbExpired:
-				h.srv.closeConn(a.c, CloseUnauthorized, "token expired", "token_expired")
+				h.srv.closeConn(a.c, proto.CloseUnauthorized, "token expired", "token_expired")
 			case hbHardClose:
 				_ = a.c.nc.Close()
 			case hbClearDeadline:

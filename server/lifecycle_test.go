@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"tether/bus"
+	"tether/internal/proto"
 )
 
 func TestHeartbeatTimeout(t *testing.T) {
@@ -58,7 +59,7 @@ func TestHeartbeatTimeout(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	if code != CloseHeartbeatTimeout || pings == 0 {
+	if code != proto.CloseHeartbeatTimeout || pings == 0 {
 		t.Fatalf("close %d after %d pings", code, pings)
 	}
 	// The silent client never answers the close frame: it is cut off after
@@ -175,7 +176,7 @@ func TestSlowConsumer(t *testing.T) {
 	// The slow client finds its connection closed, possibly after reading
 	// what the kernel had buffered.
 	code := slow.expectClose(10 * time.Second)
-	if code != 0 && code != CloseSlowConsumer {
+	if code != 0 && code != proto.CloseSlowConsumer {
 		t.Fatalf("slow consumer closed with %d", code)
 	}
 }
@@ -236,7 +237,7 @@ func TestDrainSpreadsCloses(t *testing.T) {
 			for {
 				m, _, err := c.next(10 * time.Second)
 				if ce, ok := err.(*closeError); ok {
-					if ce.code != CloseRestart || !sawReconnect {
+					if ce.code != proto.CloseRestart || !sawReconnect {
 						t.Errorf("client %d: close %d, reconnect seen %v", i, ce.code, sawReconnect)
 					}
 					closedAt[i] = time.Since(start)

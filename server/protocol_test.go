@@ -94,7 +94,7 @@ func TestCloseCodes(t *testing.T) {
 		if err := c.writeFrame(0x2, []byte{1, 2, 3}); err != nil {
 			t.Fatal(err)
 		}
-		if code := c.expectClose(5 * time.Second); code != CloseProtocolViolation {
+		if code := c.expectClose(5 * time.Second); code != proto.CloseProtocolViolation {
 			t.Fatalf("close %d", code)
 		}
 	})
@@ -104,7 +104,7 @@ func TestCloseCodes(t *testing.T) {
 		if err := c.writeFrame(0x1, []byte(big)); err != nil {
 			t.Fatal(err)
 		}
-		if code := c.expectClose(5 * time.Second); code != CloseTooBig {
+		if code := c.expectClose(5 * time.Second); code != proto.CloseTooBig {
 			t.Fatalf("close %d", code)
 		}
 	})
@@ -118,7 +118,7 @@ func TestCloseCodes(t *testing.T) {
 		for {
 			m, _, err := c.next(5 * time.Second)
 			if ce, ok := err.(*closeError); ok {
-				if ce.code != CloseRateLimited {
+				if ce.code != proto.CloseRateLimited {
 					t.Fatalf("close %d", ce.code)
 				}
 				break
