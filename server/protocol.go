@@ -2,13 +2,13 @@ package server
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
 
 	"tether/bus"
 	"tether/internal/proto"
+	"tether/internal/wsframe"
 )
 
 // clientFrame is a decoded client→server frame (docs/protocol.md).
@@ -88,59 +88,21 @@ func checkChannel(name string) *protoError {
 	return nil
 }
 
-// WebSocket frame encoding. Server frames are never masked.
+// WebSocket frame encoding (internal/wsframe). Server frames are never
+// masked, so their header is at most maxServerHeader bytes long.
+const maxServerHeader = 10
 
-const (
-	wsText  = 0x1
-	wsClose = 0x8
-)
-
-// wsHeaderLen returns the header length of an unmasked frame of n bytes.
-func wsHeaderLen(n int) int {
-	switch {
-	case n < 126:
-		return 2
-	case n <= 0xffff:
-		return 4
-	default:
-		return 10
-	}
+// frameFromPayload returns a new final, unmasked frame holding payload.
+func frameFromPayload(opcode wsframe.Opcode, payload []byte) []byte {
+	f := make([]byte, 0, wsframe.HeaderLen(int64(len(payload)), false)+len(payload))
+	return wsframe.AppendFrame(f, opcode, true, payload)
 }
 
-// putWSHeader writes the header of a final, unmasked frame with the given
-// opcode and payload length into b, which must be wsHeaderLen(n) long.
-func putWSHeader(b []byte, opcode byte, n int) {
-	b[0] = 0x80 | opcode
-	switch {
-	case n < 126:
-		b[1] = byte(n)
-	case n <= 0xffff:
-		b[1] = 126
-		binary.BigEndian.PutUint16(b[2:], uint16(n))
-	default:
-		b[1] = 127
-		binary.BigEndian.PutUint64(b[2:], uint64(n))
-	}
-}
-
-// frameFromPayload returns a new text frame holding payload.
-func frameFromPayload(opcode byte, payload []byte) []byte {
-	h := wsHeaderLen(len(payload))
-	f := make([]byte, h+len(payload))
-	putWSHeader(f, opcode, len(payload))
-	copy(f[h:], payload)
-	return f
-}
-
-// closeFrame returns a close frame with code and reason (≤ 123 bytes).
+// closeFrame returns a close frame with code and reason, the reason cut to
+// fit a control frame.
 func closeFrame(code int, reason string) []byte {
-	if len(reason) > 123 {
-		reason = reason[:123]
-	}
-	p := make([]byte, 2, 2+len(reason))
-	binary.BigEndian.PutUint16(p, uint16(code))
-	p = append(p, reason...)
-	return frameFromPayload(wsClose, p)
+	var p [wsframe.MaxControlPayload]byte
+	return frameFromPayload(wsframe.OpClose, wsframe.AppendClose(p[:0], code, reason))
 }
 
 // appendJSONString appends s as a JSON string.
@@ -270,26 +232,26 @@ func appendReconnect(dst []byte, afterMS int64) []byte {
 // textFrame builds a text frame from a payload appender.
 func textFrame(build func([]byte) []byte) []byte {
 	var scratch [256]byte
-	return frameFromPayload(wsText, build(scratch[:0]))
+	return frameFromPayload(wsframe.OpText, build(scratch[:0]))
 }
 
 // messageFrame encodes m as one WebSocket frame in a single allocation:
-// the payload is appended after room for the longest header (10 bytes),
-// and the header is then written just in front of it.
+// the payload is appended after room for the longest header, and the
+// header is then written just in front of it.
 func messageFrame(m bus.Message) []byte {
 	n := len(`{"op":"message","channel":,"offset":,"data":}`) + len(m.Channel) + 2 + 20 + len(m.Data)
-	buf := make([]byte, 10, 10+n+8)
+	buf := make([]byte, maxServerHeader, maxServerHeader+n+8)
 	buf = appendMessage(buf, m.Channel, m.Offset, m.Data)
-	p := len(buf) - 10
-	h := wsHeaderLen(p)
-	putWSHeader(buf[10-h:10], wsText, p)
-	return buf[10-h:]
+	p := int64(len(buf) - maxServerHeader)
+	start := maxServerHeader - wsframe.HeaderLen(p, false)
+	wsframe.AppendHeader(buf[start:start], wsframe.Header{Fin: true, Opcode: wsframe.OpText, Length: p})
+	return buf[start:]
 }
 
 // Pre-encoded frames shared by all connections.
 var (
-	pingFrame = frameFromPayload(wsText, []byte(`{"op":"ping"}`))
-	pongFrame = frameFromPayload(wsText, []byte(`{"op":"pong"}`))
+	pingFrame = frameFromPayload(wsframe.OpText, []byte(`{"op":"ping"}`))
+	pongFrame = frameFromPayload(wsframe.OpText, []byte(`{"op":"pong"}`))
 )
 
 // isJSONValue reports whether b is one valid JSON value.

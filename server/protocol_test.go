@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"tether/bus"
 	"tether/internal/proto"
+	"tether/internal/wsframe"
 )
 
 func TestProtocolErrors(t *testing.T) {
@@ -171,6 +173,31 @@ func TestEncodersProduceValidJSON(t *testing.T) {
 		if !isJSONValue(b) {
 			t.Errorf("invalid JSON: %s", b)
 		}
+	}
+}
+
+// TestFramesParse checks the server's frames against the codec's reader:
+// every header length encoding for messageFrame, and a close frame whose
+// reason must be cut.
+func TestFramesParse(t *testing.T) {
+	for _, size := range []int{0, 60, 125 - 60, 126, 0xFFFF - 70, 0xFFFF, 70 << 10} {
+		m := bus.Message{Channel: "c", Offset: 1, Data: []byte(`"` + strings.Repeat("x", size) + `"`)}
+		f := messageFrame(m)
+		h, n, err := wsframe.ParseHeader(f, wsframe.FromServer)
+		if err != nil || !h.Fin || h.Opcode != wsframe.OpText || int(h.Length) != len(f)-n {
+			t.Fatalf("data of %d bytes: header %+v, %d bytes, %v, frame of %d bytes", size, h, n, err, len(f))
+		}
+		if want := appendMessage(nil, m.Channel, m.Offset, m.Data); string(f[n:]) != string(want) {
+			t.Fatalf("data of %d bytes: payload differs from appendMessage's", size)
+		}
+	}
+	f := closeFrame(proto.CloseSlowConsumer, strings.Repeat("é", 100))
+	h, n, err := wsframe.ParseHeader(f, wsframe.FromServer)
+	if err != nil || h.Opcode != wsframe.OpClose || int(h.Length) != len(f)-n {
+		t.Fatalf("close frame: header %+v, %d bytes, %v", h, n, err)
+	}
+	if code, reason, err := wsframe.DecodeClose(f[n:]); err != nil || code != proto.CloseSlowConsumer || len(reason) > wsframe.MaxCloseReason {
+		t.Fatalf("close frame: code %d, reason of %d bytes, %v", code, len(reason), err)
 	}
 }
 
