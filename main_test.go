@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bufio"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +12,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/proto"
+	"tether/internal/wsframe"
+	"tether/internal/wstest"
 )
 
 var (
@@ -127,44 +127,15 @@ func (n *node) exitCode(t *testing.T, within time.Duration) int {
 	}
 }
 
-// wsConn opens a WebSocket and returns a reader of its text frames.
-func wsConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+// wsConn opens a WebSocket (internal/wstest).
+func wsConn(t *testing.T, addr string) *wstest.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	c, resp, err := wstest.Dial(addr, "/ws", nil)
 	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	var key [16]byte
-	_, _ = rand.Read(key[:])
-	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n",
-		addr, base64.StdEncoding.EncodeToString(key[:]))
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != 101 {
 		t.Fatalf("upgrade: %v %v", resp, err)
 	}
-	return c, br
-}
-
-// readFrame returns the next frame's opcode and payload (server frames are
-// unmasked and short in these tests).
-func readFrame(br *bufio.Reader) (byte, []byte, error) {
-	var h [2]byte
-	if _, err := io.ReadFull(br, h[:]); err != nil {
-		return 0, nil, err
-	}
-	n := int(h[1] & 0x7f)
-	if n == 126 {
-		var b [2]byte
-		if _, err := io.ReadFull(br, b[:]); err != nil {
-			return 0, nil, err
-		}
-		n = int(b[0])<<8 | int(b[1])
-	}
-	p := make([]byte, n)
-	_, err := io.ReadFull(br, p)
-	return h[0] & 0xf, p, err
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
@@ -175,9 +146,9 @@ func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
 		t.Fatalf("healthz: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	c, br := wsConn(t, n.addr)
+	c := wsConn(t, n.addr)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, p, err := readFrame(br); err != nil || !strings.Contains(string(p), `"welcome"`) {
+	if _, p, err := c.ReadFrame(); err != nil || !strings.Contains(string(p), `"welcome"`) {
 		t.Fatalf("welcome: %q %v", p, err)
 	}
 	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -188,13 +159,13 @@ func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
 	}
 	var sawReconnect bool
 	for {
-		op, p, err := readFrame(br)
+		h, p, err := c.ReadFrame()
 		if err != nil {
 			t.Fatalf("before close: %v", err)
 		}
-		if op == 0x8 {
-			if code := int(p[0])<<8 | int(p[1]); code != 1012 || !sawReconnect {
-				t.Fatalf("close %d, reconnect seen %v", code, sawReconnect)
+		if h.Opcode == wsframe.OpClose {
+			if code, _, err := wsframe.DecodeClose(p); code != proto.CloseRestart || err != nil || !sawReconnect {
+				t.Fatalf("close %d (%v), reconnect seen %v", code, err, sawReconnect)
 			}
 			break
 		}

@@ -17,6 +17,7 @@ import (
 
 	"tether/bus"
 	"tether/internal/testutil"
+	"tether/internal/wsframe"
 )
 
 // Acceptance tests of several nodes sharing channels through a real Redis
@@ -148,7 +149,7 @@ func (p *peer) read() {
 			return
 		}
 		if m["op"] == "ping" {
-			_ = p.c.writeFrame(0x1, []byte(`{"op":"pong"}`))
+			_ = p.c.writeFrame(wsframe.OpText, []byte(`{"op":"pong"}`))
 			p.mu.Lock()
 			p.pings++
 			p.mu.Unlock()
@@ -166,7 +167,7 @@ func (p *peer) write(v any) error {
 	if err != nil {
 		return err
 	}
-	return p.c.writeFrame(0x1, b)
+	return p.c.writeFrame(wsframe.OpText, b)
 }
 
 func (p *peer) snapshot() []map[string]any {

@@ -17,6 +17,7 @@ import (
 
 	"tether/bus"
 	"tether/internal/proto"
+	"tether/internal/wsframe"
 )
 
 func TestHeartbeatTimeout(t *testing.T) {
@@ -37,7 +38,7 @@ func TestHeartbeatTimeout(t *testing.T) {
 			}
 			m, _, err := alive.next(100 * time.Millisecond)
 			if err == nil && m["op"] == "ping" {
-				_ = alive.writeFrame(0x1, []byte(`{"op":"pong"}`))
+				_ = alive.writeFrame(wsframe.OpText, []byte(`{"op":"pong"}`))
 			}
 		}
 	}()

@@ -93,7 +93,7 @@ func TestCloseCodes(t *testing.T) {
 
 	t.Run("binary frame 4400", func(t *testing.T) {
 		c := mustDial(t, ts.addr)
-		if err := c.writeFrame(0x2, []byte{1, 2, 3}); err != nil {
+		if err := c.writeFrame(wsframe.OpBinary, []byte{1, 2, 3}); err != nil {
 			t.Fatal(err)
 		}
 		if code := c.expectClose(5 * time.Second); code != proto.CloseProtocolViolation {
@@ -103,7 +103,7 @@ func TestCloseCodes(t *testing.T) {
 	t.Run("oversize frame 1009", func(t *testing.T) {
 		c := mustDial(t, ts.addr)
 		big := `{"op":"publish","channel":"a","data":"` + strings.Repeat("x", 3000) + `"}`
-		if err := c.writeFrame(0x1, []byte(big)); err != nil {
+		if err := c.writeFrame(wsframe.OpText, []byte(big)); err != nil {
 			t.Fatal(err)
 		}
 		if code := c.expectClose(5 * time.Second); code != proto.CloseTooBig {
@@ -114,7 +114,7 @@ func TestCloseCodes(t *testing.T) {
 		c := mustDial(t, ts.addr)
 		for range 40 {
 			// The server may close before all are written.
-			_ = c.writeFrame(0x1, []byte(`{"op":"ping"}`))
+			_ = c.writeFrame(wsframe.OpText, []byte(`{"op":"ping"}`))
 		}
 		sawError := false
 		for {

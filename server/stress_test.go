@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/wsframe"
 )
 
 // TestStressChurn runs clients that subscribe, unsubscribe, publish and
@@ -75,17 +77,17 @@ func TestStressChurn(t *testing.T) {
 					switch r.IntN(4) {
 					case 0, 1:
 						if !subscribed[ch] {
-							_ = c.writeFrame(0x1, []byte(`{"op":"subscribe","channel":"`+ch+`"}`))
+							_ = c.writeFrame(wsframe.OpText, []byte(`{"op":"subscribe","channel":"`+ch+`"}`))
 							subscribed[ch] = true
 						}
 					case 2:
 						if subscribed[ch] {
-							_ = c.writeFrame(0x1, []byte(`{"op":"unsubscribe","channel":"`+ch+`"}`))
+							_ = c.writeFrame(wsframe.OpText, []byte(`{"op":"unsubscribe","channel":"`+ch+`"}`))
 							delete(subscribed, ch)
 							delete(last, ch)
 						}
 					case 3:
-						_ = c.writeFrame(0x1, []byte(`{"op":"publish","channel":"`+ch+`","data":{"k":1}}`))
+						_ = c.writeFrame(wsframe.OpText, []byte(`{"op":"publish","channel":"`+ch+`","data":{"k":1}}`))
 					}
 					// Read whatever arrived for a moment, checking order.
 					deadline := time.Now().Add(10 * time.Millisecond)
@@ -95,7 +97,7 @@ func TestStressChurn(t *testing.T) {
 							break
 						}
 						if m["op"] == "ping" {
-							_ = c.writeFrame(0x1, []byte(`{"op":"pong"}`))
+							_ = c.writeFrame(wsframe.OpText, []byte(`{"op":"pong"}`))
 						}
 						if m["op"] == "subscribed" {
 							// A new subscription's stream starts here; frames of an

@@ -2,26 +2,25 @@ package server
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
+
+	"tether/internal/proto"
+	"tether/internal/wsframe"
+	"tether/internal/wstest"
 )
 
-// testClient is a minimal RFC 6455 client for tests: it gives raw control
-// over reading, so tests can play slow or silent clients.
+// testClient is a WebSocket client for tests (internal/wstest): it gives
+// raw control over reading, so tests can play slow or silent clients.
 type testClient struct {
 	t    testing.TB
-	conn net.Conn
-	br   *bufio.Reader
+	conn net.Conn      // the socket, for deadlines and abrupt closes
+	br   *bufio.Reader // what the server sent after the upgrade
 }
 
 // closeError is returned by next when the server sent a close frame.
@@ -35,40 +34,11 @@ func (e *closeError) Error() string { return fmt.Sprintf("closed %d %s", e.code,
 // dialWS upgrades a connection to addr+path; it returns the response for
 // refused upgrades.
 func dialWS(addr, path string, header http.Header) (*testClient, *http.Response, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	ws, resp, err := wstest.Dial(addr, path, header)
 	if err != nil {
-		return nil, nil, err
+		return nil, resp, err
 	}
-	var key [16]byte
-	_, _ = rand.Read(key[:])
-	var b strings.Builder
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n",
-		path, addr, base64.StdEncoding.EncodeToString(key[:]))
-	for k, vs := range header {
-		for _, v := range vs {
-			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
-		}
-	}
-	b.WriteString("\r\n")
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, b.String()); err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body = io.NopCloser(strings.NewReader(string(body)))
-		c.Close()
-		return nil, resp, fmt.Errorf("upgrade refused: %s: %s", resp.Status, body)
-	}
-	_ = c.SetDeadline(time.Time{})
-	return &testClient{conn: c, br: br}, resp, nil
+	return &testClient{conn: ws.Conn, br: ws.Reader}, resp, nil
 }
 
 func mustDial(t testing.TB, addr string) *testClient {
@@ -79,7 +49,7 @@ func mustDial(t testing.TB, addr string) *testClient {
 	}
 	c.t = t
 	t.Cleanup(func() { c.conn.Close() })
-	w := c.expect("welcome")
+	w := c.expect(proto.OpWelcome)
 	if w["node"] == nil || w["conn"] == nil {
 		t.Fatalf("bad welcome: %v", w)
 	}
@@ -87,27 +57,8 @@ func mustDial(t testing.TB, addr string) *testClient {
 }
 
 // writeFrame sends one masked frame.
-func (c *testClient) writeFrame(opcode byte, payload []byte) error {
-	hdr := []byte{0x80 | opcode}
-	n := len(payload)
-	switch {
-	case n < 126:
-		hdr = append(hdr, 0x80|byte(n))
-	case n <= 0xffff:
-		hdr = append(hdr, 0x80|126, byte(n>>8), byte(n))
-	default:
-		hdr = append(hdr, 0x80|127)
-		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
-	}
-	var mask [4]byte
-	_, _ = rand.Read(mask[:])
-	hdr = append(hdr, mask[:]...)
-	buf := append(hdr, payload...)
-	for i := range payload {
-		buf[len(hdr)+i] ^= mask[i%4]
-	}
-	_, err := c.conn.Write(buf)
-	return err
+func (c *testClient) writeFrame(op wsframe.Opcode, payload []byte) error {
+	return wstest.WriteFrame(c.conn, op, payload)
 }
 
 func (c *testClient) send(v any) {
@@ -116,14 +67,14 @@ func (c *testClient) send(v any) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if err := c.writeFrame(0x1, b); err != nil {
+	if err := c.writeFrame(wsframe.OpText, b); err != nil {
 		c.t.Fatalf("cannot send: %v", err)
 	}
 }
 
 func (c *testClient) sendRaw(s string) {
 	c.t.Helper()
-	if err := c.writeFrame(0x1, []byte(s)); err != nil {
+	if err := c.writeFrame(wsframe.OpText, []byte(s)); err != nil {
 		c.t.Fatalf("cannot send: %v", err)
 	}
 }
@@ -132,42 +83,18 @@ func (c *testClient) sendRaw(s string) {
 func (c *testClient) next(timeout time.Duration) (map[string]any, []byte, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
 	for {
-		var h [2]byte
-		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		h, p, err := wstest.ReadFrame(c.br, wsframe.FromServer)
+		if err != nil {
 			return nil, nil, err
 		}
-		opcode := h[0] & 0xf
-		n := int(h[1] & 0x7f)
-		switch n {
-		case 126:
-			var b [2]byte
-			if _, err := io.ReadFull(c.br, b[:]); err != nil {
-				return nil, nil, err
+		switch h.Opcode {
+		case wsframe.OpClose:
+			code, reason, err := wsframe.DecodeClose(p)
+			if err != nil {
+				return nil, p, fmt.Errorf("bad close frame from server %q: %w", p, err)
 			}
-			n = int(binary.BigEndian.Uint16(b[:]))
-		case 127:
-			var b [8]byte
-			if _, err := io.ReadFull(c.br, b[:]); err != nil {
-				return nil, nil, err
-			}
-			n = int(binary.BigEndian.Uint64(b[:]))
-		}
-		if h[1]&0x80 != 0 {
-			return nil, nil, errors.New("server frame is masked")
-		}
-		p := make([]byte, n)
-		if _, err := io.ReadFull(c.br, p); err != nil {
-			return nil, nil, err
-		}
-		switch opcode {
-		case 0x8:
-			ce := &closeError{}
-			if len(p) >= 2 {
-				ce.code = int(binary.BigEndian.Uint16(p))
-				ce.reason = string(p[2:])
-			}
-			return nil, p, ce
-		case 0x9, 0xa:
+			return nil, p, &closeError{code: code, reason: string(reason)}
+		case wsframe.OpPing, wsframe.OpPong:
 			continue
 		}
 		var m map[string]any
@@ -186,7 +113,7 @@ func (c *testClient) expect(op string) map[string]any {
 		if err != nil {
 			c.t.Fatalf("waiting for %q: %v", op, err)
 		}
-		if m["op"] == "ping" && op != "ping" {
+		if m["op"] == proto.OpPing && op != proto.OpPing {
 			continue
 		}
 		if m["op"] != op {
