@@ -108,6 +108,11 @@ type Conn struct {
 	// file descriptor.
 	fd int
 
+	// generation of fd's registration in the poller (epoll only): stored in
+	// the upper half of the epoll data, it tells events for this conn from
+	// events fetched for an earlier conn on the same fd.
+	gen uint32
+
 	connUDP *udpConn
 
 	// used for read deadline.

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -65,6 +66,23 @@ type poller struct {
 	unixSockAddr string
 
 	ReadBuffer []byte // default reading buffer
+
+	// lastGen is the last generation given to a conn added to this poller,
+	// updated atomically. See Conn.gen.
+	lastGen uint32
+}
+
+// epollData returns the generation to store in the upper half of the epoll
+// data of fd's registration. Every EpollCtl on fd is made by the conn that
+// p.g.connsUnix[fd] holds: addConn and addDialer store the conn before the
+// ADD, and a conn modifies its registration only while it is open.
+//
+//go:norace
+func (p *poller) epollData(fd int) int32 {
+	if c := p.g.connsUnix[fd]; c != nil {
+		return int32(c.gen)
+	}
+	return 0
 }
 
 // add the connection to poller and handle its io events.
@@ -81,6 +99,7 @@ func (p *poller) addConn(c *Conn) error {
 		return err
 	}
 	c.p = p
+	c.gen = atomic.AddUint32(&p.lastGen, 1)
 	if c.typ != ConnTypeUDPServer {
 		p.g.onOpen(c)
 	} else {
@@ -109,6 +128,7 @@ func (p *poller) addDialer(c *Conn) error {
 		return err
 	}
 	c.p = p
+	c.gen = atomic.AddUint32(&p.lastGen, 1)
 	p.g.connsUnix[fd] = c
 	c.isWAdded = true
 	err := p.addReadWrite(fd)
@@ -255,7 +275,10 @@ func (p *poller) readWriteLoop() {
 
 			default: // for socket connections
 				c := p.getConn(fd)
-				if c != nil {
+				// An event fetched for a conn that was closed off this
+				// goroutine after EpollWait must not reach a new conn
+				// that reuses the fd: it carries the old generation.
+				if c != nil && uint32(ev.Pad) == c.gen {
 					if ev.Events&epollEventsWrite != 0 {
 						if c.onConnected == nil {
 							_ = c.flush()
@@ -353,6 +376,7 @@ func (p *poller) setRead(op int, fd int) error {
 			if op == syscall.EPOLL_CTL_ADD {
 				return syscall.EpollCtl(p.epfd, op, fd, &syscall.EpollEvent{
 					Fd:     int32(fd),
+					Pad:    p.epollData(fd),
 					Events: events | syscall.EPOLLOUT,
 				})
 			}
@@ -360,6 +384,7 @@ func (p *poller) setRead(op int, fd int) error {
 		}
 		return syscall.EpollCtl(p.epfd, op, fd, &syscall.EpollEvent{
 			Fd:     int32(fd),
+			Pad:    p.epollData(fd),
 			Events: events,
 		})
 	default:
@@ -368,7 +393,8 @@ func (p *poller) setRead(op int, fd int) error {
 			op,
 			fd,
 			&syscall.EpollEvent{
-				Fd: int32(fd),
+				Fd:  int32(fd),
+				Pad: p.epollData(fd),
 				Events: syscall.EPOLLERR |
 					syscall.EPOLLHUP |
 					syscall.EPOLLRDHUP |
@@ -405,6 +431,7 @@ func (p *poller) setReadWrite(op int, fd int) error {
 			if op == syscall.EPOLL_CTL_ADD {
 				return syscall.EpollCtl(p.epfd, op, fd, &syscall.EpollEvent{
 					Fd:     int32(fd),
+					Pad:    p.epollData(fd),
 					Events: events,
 				})
 			}
@@ -412,13 +439,15 @@ func (p *poller) setReadWrite(op int, fd int) error {
 		}
 		return syscall.EpollCtl(p.epfd, op, fd, &syscall.EpollEvent{
 			Fd:     int32(fd),
+			Pad:    p.epollData(fd),
 			Events: events,
 		})
 	default:
 		return syscall.EpollCtl(
 			p.epfd, op, fd,
 			&syscall.EpollEvent{
-				Fd: int32(fd),
+				Fd:  int32(fd),
+				Pad: p.epollData(fd),
 				Events: syscall.EPOLLERR |
 					syscall.EPOLLHUP |
 					syscall.EPOLLRDHUP |

@@ -1,0 +1,184 @@
+//go:build linux
+// +build linux
+
+package nbio
+
+import (
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestStaleEventOnReusedFd checks that an event the poller fetched for a
+// connection that was closed off the poller goroutine, before the poller got
+// to it, is not applied to a new connection that reuses the descriptor.
+//
+// The poller is stalled in the read-buffer hook while it holds a batch of two
+// events: data on conn d, then end of stream on conn a. While it is stalled,
+// a is closed from the test goroutine and a new conn n is added on a's
+// descriptor number. Without generations in the epoll data, the poller then
+// applies a's end-of-stream event to n and closes it with io.EOF.
+func TestStaleEventOnReusedFd(t *testing.T) {
+	for _, mode := range []struct {
+		name     string
+		epollMod uint32
+	}{{"LT", EPOLLLT}, {"ET", EPOLLET}} {
+		t.Run(mode.name, func(t *testing.T) { testStaleEventOnReusedFd(t, mode.epollMod) })
+	}
+}
+
+func testStaleEventOnReusedFd(t *testing.T, epollMod uint32) {
+	g := NewEngine(Config{NPoller: 1, EpollMod: epollMod})
+
+	// stallOn, when set, makes the poller block in the read-buffer hook the
+	// next time it reads that conn, until the test sends on release.
+	var mu sync.Mutex
+	var stallOn *Conn
+	stalled := make(chan struct{})
+	release := make(chan struct{})
+	g.OnReadBufferAlloc(func(c *Conn) *[]byte {
+		mu.Lock()
+		hit := c == stallOn
+		if hit {
+			stallOn = nil
+		}
+		mu.Unlock()
+		if hit {
+			stalled <- struct{}{}
+			<-release
+		}
+		return g.PollerBufferPtr(c)
+	})
+	stallNextRead := func(c *Conn) {
+		mu.Lock()
+		stallOn = c
+		mu.Unlock()
+	}
+
+	data := make(chan *Conn, 16)
+	g.OnData(func(c *Conn, _ []byte) {
+		select {
+		case data <- c:
+		default:
+		}
+	})
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop()
+
+	var peers []int
+	defer func() {
+		for _, fd := range peers {
+			_ = syscall.Close(fd)
+		}
+	}()
+	// pair returns a conn on one end of a new socket pair and the other end,
+	// which the test drives with plain syscalls.
+	pair := func() (*Conn, int) {
+		t.Helper()
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, fds[1])
+		// Field by field: a composite literal is copied whole, a write to
+		// c.mux that the race detector would pair with the poller's lock,
+		// which follows the hand-over through epoll with no Go
+		// synchronization in between.
+		c := new(Conn)
+		c.fd, c.typ = fds[0], ConnTypeUnix
+		return c, fds[1]
+	}
+	add := func(c *Conn) {
+		t.Helper()
+		if _, err := g.AddConn(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send := func(peer int) {
+		t.Helper()
+		if _, err := syscall.Write(peer, []byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait := func(ch <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+
+	// Stall the poller on s so that d, a and e become ready together and
+	// arrive in the poller's next batch in that order.
+	s, sPeer := pair()
+	add(s)
+	stallNextRead(s)
+	send(sPeer)
+	wait(stalled, "the poller to read s")
+
+	d, dPeer := pair()
+	a, aPeer := pair()
+	e, ePeer := pair()
+	send(dPeer)
+	if err := syscall.Close(aPeer); err != nil { // a sees end of stream
+		t.Fatal(err)
+	}
+	peers = append(peers[:len(peers)-2], ePeer)
+	send(ePeer)
+	add(d)
+	add(a)
+	add(e)
+	stallNextRead(d)
+	release <- struct{}{}
+	wait(stalled, "the poller to read d")
+
+	// The poller now holds a's event. Close a off the poller goroutine and
+	// put a new conn on its descriptor number, as an accept would.
+	fd := a.fd
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n, nPeer := pair()
+	if n.fd != fd {
+		if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_GETFD, 0); errno != syscall.EBADF {
+			t.Fatalf("descriptor %d was reused by someone else", fd)
+		}
+		if err := syscall.Dup3(n.fd, fd, syscall.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		_ = syscall.Close(n.fd)
+		n.fd = fd
+	}
+	add(n)
+	release <- struct{}{}
+
+	// Once e's data arrives the poller is past a's event: n must still be
+	// open and receive what its peer sends.
+	waitData := func(want *Conn, what string) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case c := <-data:
+				if c == want {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("timed out waiting for data on %s", what)
+			}
+		}
+	}
+	waitData(e, "e")
+	n.mux.Lock()
+	isClosed, closeErr := n.closed, n.closeErr
+	n.mux.Unlock()
+	if isClosed {
+		t.Fatalf("the new conn on descriptor %d was closed with %v by the old conn's event", fd, closeErr)
+	}
+	send(nPeer)
+	waitData(n, "the new conn")
+}
