@@ -1,11 +1,16 @@
 package bench
 
 import (
+	"bufio"
+	"bytes"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"tether/internal/wsframe"
+	"tether/internal/wstest"
 )
 
 // newTestPool builds a pool without an engine, for feeding the accounting
@@ -28,7 +33,7 @@ func newTestPool(t testing.TB, count, messages int) *pool {
 }
 
 func deliveryFrame(t0 int64, s int) []byte {
-	return serverFrame(wsText, []byte(`{"op":"message","channel":"c","offset":`+strconv.Itoa(s+1)+`,"data":{"t":`+strconv.FormatInt(t0, 10)+`,"s":`+strconv.Itoa(s)+`}}`))
+	return serverFrame(wsframe.OpText, []byte(`{"op":"message","channel":"c","offset":`+strconv.Itoa(s+1)+`,"data":{"t":`+strconv.FormatInt(t0, 10)+`,"s":`+strconv.Itoa(s)+`}}`))
 }
 
 // feed passes frames to connection i through the real read path.
@@ -64,7 +69,7 @@ func TestAccountingExact(t *testing.T) {
 	// conn 2: nothing. conn 3: out-of-range sequence numbers and foreign
 	// payloads only.
 	feed(p, 3, deliveryFrame(now, m), deliveryFrame(now, -1),
-		serverFrame(wsText, []byte(`{"op":"message","channel":"c","offset":1,"data":{"hello":1}}`)))
+		serverFrame(wsframe.OpText, []byte(`{"op":"message","channel":"c","offset":1,"data":{"hello":1}}`)))
 	// conn 4: never subscribed; its deliveries do not count.
 	p.conns[4].accounted = false
 	feed(p, 4, deliveryFrame(now, 1))
@@ -102,12 +107,12 @@ func TestProcessFragmentsAndControl(t *testing.T) {
 	var stream []byte
 	stream = append(stream, 0x01, byte(10))
 	stream = append(stream, msg[:10]...)
-	stream = append(stream, serverFrame(wsPing, []byte("hb"))...)
+	stream = append(stream, serverFrame(wsframe.OpPing, []byte("hb"))...)
 	stream = append(stream, 0x00, byte(20))
 	stream = append(stream, msg[10:30]...)
 	stream = append(stream, 0x80, byte(len(msg)-30))
 	stream = append(stream, msg[30:]...)
-	stream = append(stream, serverFrame(wsText, []byte(`{"op":"ping"}`))...)
+	stream = append(stream, serverFrame(wsframe.OpText, []byte(`{"op":"ping"}`))...)
 	cs := &p.conns[0]
 	var out []byte
 	n := 0
@@ -125,20 +130,13 @@ func TestProcessFragmentsAndControl(t *testing.T) {
 		t.Fatalf("delivered %d, seen %b", n, cs.seen[0])
 	}
 	// The replies: a pong control frame echoing "hb", then {"op":"pong"}.
-	h, hn, err := parseFrameHeader(out)
-	if err != nil || hn == 0 || h.opcode != wsPong || !h.masked {
-		t.Fatalf("first reply %+v %v", h, err)
+	r := bufio.NewReader(bytes.NewReader(out))
+	h, pl, err := wstest.ReadFrame(r, wsframe.FromClient)
+	if err != nil || h.Opcode != wsframe.OpPong || string(pl) != "hb" {
+		t.Fatalf("first reply %+v %q %v", h, pl, err)
 	}
-	pl := append([]byte(nil), out[hn:hn+h.length]...)
-	maskBytes(pl, h.mask)
-	if string(pl) != "hb" {
-		t.Fatalf("pong payload %q", pl)
-	}
-	out = out[hn+h.length:]
-	h, hn, _ = parseFrameHeader(out)
-	pl = append([]byte(nil), out[hn:hn+h.length]...)
-	maskBytes(pl, h.mask)
-	if h.opcode != wsText || string(pl) != `{"op":"pong"}` {
+	h, pl, err = wstest.ReadFrame(r, wsframe.FromClient)
+	if err != nil || h.Opcode != wsframe.OpText || string(pl) != `{"op":"pong"}` {
 		t.Fatalf("second reply %q", pl)
 	}
 }

@@ -2,12 +2,8 @@ package bench
 
 import (
 	"bufio"
-	"crypto/sha1"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -16,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tether/internal/wsframe"
+	"tether/internal/wstest"
 )
 
 // fakeServer is a small stand-in for a tether node, written with the
@@ -106,9 +105,8 @@ func (f *fakeServer) ws(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	sum := sha1.Sum([]byte(key + wsGUID))
 	_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
-		base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+		wsframe.AcceptKey(key) + "\r\n\r\n")
 	_ = brw.Flush()
 	fc := &fakeConn{c: nc, out: make(chan []byte, 1<<14)}
 	f.mu.Lock()
@@ -129,18 +127,9 @@ func (f *fakeServer) writeLoop(fc *fakeConn) {
 		tick = t.C
 	}
 	bw := bufio.NewWriter(fc.c)
+	var hdr []byte
 	write := func(p []byte) error {
-		hdr := []byte{0x81, 0}
-		switch {
-		case len(p) < 126:
-			hdr[1] = byte(len(p))
-		case len(p) <= 0xFFFF:
-			hdr[1] = 126
-			hdr = binary.BigEndian.AppendUint16(hdr, uint16(len(p)))
-		default:
-			hdr[1] = 127
-			hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(p)))
-		}
+		hdr = wsframe.AppendHeader(hdr[:0], wsframe.Header{Fin: true, Opcode: wsframe.OpText, Length: int64(len(p))})
 		_, _ = bw.Write(hdr)
 		_, err := bw.Write(p)
 		return err
@@ -198,38 +187,8 @@ func (f *fakeServer) readLoop(fc *fakeConn, r *bufio.Reader) {
 		_ = fc.c.Close()
 	}()
 	for {
-		var h [2]byte
-		if _, err := io.ReadFull(r, h[:]); err != nil {
-			return
-		}
-		l := uint64(h[1] & 0x7F)
-		switch l {
-		case 126:
-			var b [2]byte
-			if _, err := io.ReadFull(r, b[:]); err != nil {
-				return
-			}
-			l = uint64(binary.BigEndian.Uint16(b[:]))
-		case 127:
-			var b [8]byte
-			if _, err := io.ReadFull(r, b[:]); err != nil {
-				return
-			}
-			l = binary.BigEndian.Uint64(b[:])
-		}
-		if h[1]&0x80 == 0 || l > 1<<20 {
-			return // clients must mask
-		}
-		var mask [4]byte
-		if _, err := io.ReadFull(r, mask[:]); err != nil {
-			return
-		}
-		p := make([]byte, l)
-		if _, err := io.ReadFull(r, p); err != nil {
-			return
-		}
-		maskBytes(p, mask)
-		if h[0]&0x0F == wsClose {
+		h, p, err := wstest.ReadFrame(r, wsframe.FromClient)
+		if err != nil || h.Opcode == wsframe.OpClose {
 			return
 		}
 		var m struct {

@@ -2,47 +2,27 @@ package bench
 
 import (
 	"bytes"
-	"crypto/sha1"
-	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"strconv"
+
+	"tether/internal/wsframe"
 )
 
-// This file holds the bench client's own minimal WebSocket code (RFC 6455,
-// client side only, no extensions); jsonscan.go holds the cheap scanners
-// for tether's JSON frames. Owning this code keeps a connection down to a
-// few hundred bytes on top of nbio's, with no goroutine and no allocation
-// per delivery.
-
-// WebSocket opcodes.
-const (
-	wsCont   = 0x0
-	wsText   = 0x1
-	wsBinary = 0x2
-	wsClose  = 0x8
-	wsPing   = 0x9
-	wsPong   = 0xA
-)
+// This file holds the bench client's side of the WebSocket upgrade (RFC
+// 6455, client side only, no extensions) and the check of a server frame's
+// header; the framing itself is internal/wsframe's, and jsonscan.go holds
+// the cheap scanners for tether's JSON frames. Owning this code keeps a
+// connection down to a few hundred bytes on top of nbio's, with no
+// goroutine and no allocation per delivery.
 
 // Errors of the framing layer.
 var (
 	errFrameTooLarge = errors.New("bench: frame too large")
-	errBadFrame      = errors.New("bench: malformed frame")
 	errBadHandshake  = errors.New("bench: bad handshake response")
 )
 
 // maxFrame bounds a frame or reassembled message the client accepts.
 const maxFrame = 16 << 20
-
-// wsGUID is the fixed string of RFC 6455's accept computation.
-const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-// wsAccept returns the Sec-WebSocket-Accept value for key.
-func wsAccept(key string) string {
-	sum := sha1.Sum([]byte(key + wsGUID))
-	return base64.StdEncoding.EncodeToString(sum[:])
-}
 
 // appendUpgradeRequest appends the HTTP upgrade request for path on host.
 // token, when set, is sent as a bearer token.
@@ -114,86 +94,21 @@ func parseHandshake(b []byte, wantAccept string) (res handshakeResult, n int, er
 	return res, n, nil
 }
 
-// frameHeader is a decoded WebSocket frame header.
-type frameHeader struct {
-	fin    bool
-	opcode byte
-	masked bool
-	mask   [4]byte
-	length int
-}
-
-// parseFrameHeader decodes the frame header at the start of b. It returns
-// n == 0 when b does not yet hold the whole header and payload; otherwise n
-// is the header length and the payload is b[n:n+h.length].
-func parseFrameHeader(b []byte) (h frameHeader, n int, err error) {
-	if len(b) < 2 {
+// parseFrameHeader decodes the header of the server frame at the start of
+// b (wsframe.ParseHeader's rules: a server frame is never masked). It
+// returns n == 0 when b does not yet hold the whole header and payload;
+// otherwise n is the header length and the payload is b[n:n+h.Length].
+func parseFrameHeader(b []byte) (h wsframe.Header, n int, err error) {
+	h, n, err = wsframe.ParseHeader(b, wsframe.FromServer)
+	switch {
+	case errors.Is(err, wsframe.ErrShort):
 		return h, 0, nil
-	}
-	if b[0]&0x70 != 0 {
-		return h, 0, errBadFrame // no extensions were negotiated
-	}
-	h.fin = b[0]&0x80 != 0
-	h.opcode = b[0] & 0x0F
-	h.masked = b[1]&0x80 != 0
-	n = 2
-	l := uint64(b[1] & 0x7F)
-	switch l {
-	case 126:
-		if len(b) < 4 {
-			return h, 0, nil
-		}
-		l = uint64(binary.BigEndian.Uint16(b[2:]))
-		n = 4
-	case 127:
-		if len(b) < 10 {
-			return h, 0, nil
-		}
-		l = binary.BigEndian.Uint64(b[2:])
-		n = 10
-	}
-	if l > maxFrame {
+	case err != nil:
+		return h, 0, err
+	case h.Length > maxFrame:
 		return h, 0, errFrameTooLarge
-	}
-	if h.opcode >= wsClose && (l > 125 || !h.fin) {
-		return h, 0, errBadFrame
-	}
-	if h.masked {
-		if len(b) < n+4 {
-			return h, 0, nil
-		}
-		copy(h.mask[:], b[n:])
-		n += 4
-	}
-	h.length = int(l)
-	if len(b) < n+h.length {
+	case int64(len(b)-n) < h.Length:
 		return h, 0, nil
 	}
 	return h, n, nil
-}
-
-// maskBytes XORs b with mask, starting at mask position 0.
-func maskBytes(b []byte, mask [4]byte) {
-	for i := range b {
-		b[i] ^= mask[i&3]
-	}
-}
-
-// appendClientFrame appends one final, masked frame carrying payload.
-func appendClientFrame(dst []byte, opcode byte, payload []byte, mask [4]byte) []byte {
-	dst = append(dst, 0x80|opcode)
-	switch l := len(payload); {
-	case l < 126:
-		dst = append(dst, 0x80|byte(l))
-	case l <= 0xFFFF:
-		dst = append(dst, 0x80|126, byte(l>>8), byte(l))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(l))
-	}
-	dst = append(dst, mask[:]...)
-	start := len(dst)
-	dst = append(dst, payload...)
-	maskBytes(dst[start:], mask)
-	return dst
 }

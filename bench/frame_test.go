@@ -4,22 +4,19 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"tether/internal/wsframe"
 )
 
 func TestFrameRoundTripSplit(t *testing.T) {
 	// Frames of every length class, fed split at every point, decode to
-	// the payloads that were encoded (the server side does not mask; the
-	// client side does; the decoder accepts both).
+	// the payloads that were encoded.
 	var stream []byte
 	var want [][]byte
 	for _, n := range []int{0, 1, 125, 126, 200, 65535, 65536, 70000} {
 		p := bytes.Repeat([]byte{byte('a' + n%26)}, n)
 		want = append(want, p)
-		if n%2 == 0 {
-			stream = append(stream, serverFrame(wsText, p)...)
-		} else {
-			stream = append(stream, appendClientFrame(nil, wsText, p, [4]byte{1, 2, 3, 4})...)
-		}
+		stream = append(stream, serverFrame(wsframe.OpText, p)...)
 	}
 	for _, split := range []int{1, 2, 3, 7, 100, 4096, len(stream)} {
 		var got [][]byte
@@ -34,12 +31,8 @@ func TestFrameRoundTripSplit(t *testing.T) {
 				if n == 0 {
 					break
 				}
-				p := append([]byte(nil), buf[n:n+h.length]...)
-				if h.masked {
-					maskBytes(p, h.mask)
-				}
-				got = append(got, p)
-				buf = buf[n+h.length:]
+				got = append(got, append([]byte(nil), buf[n:n+int(h.Length)]...))
+				buf = buf[n+int(h.Length):]
 			}
 		}
 		if len(got) != len(want) {
@@ -54,26 +47,18 @@ func TestFrameRoundTripSplit(t *testing.T) {
 }
 
 // serverFrame encodes an unmasked final frame.
-func serverFrame(op byte, p []byte) []byte {
-	b := appendClientFrame(nil, op, p, [4]byte{})
-	// Clear the mask bit and drop the (zero) key.
-	hl := 2
-	switch b[1] & 0x7F {
-	case 126:
-		hl = 4
-	case 127:
-		hl = 10
-	}
-	b[1] &^= 0x80
-	return append(b[:hl:hl], b[hl+4:]...)
+func serverFrame(op wsframe.Opcode, p []byte) []byte {
+	return wsframe.AppendFrame(nil, op, true, p)
 }
 
 func TestParseFrameHeaderErrors(t *testing.T) {
 	for _, b := range [][]byte{
-		{0xC1, 0x00},                           // RSV bit
-		{0x89, 126, 0, 200},                    // control frame too long
-		{0x09, 0x00},                           // fragmented control frame
-		{0x81, 127, 0xFF, 0, 0, 0, 0, 0, 0, 0}, // too large
+		{0xC1, 0x00},                               // RSV bit
+		{0x89, 126, 0, 200},                        // control frame too long
+		{0x09, 0x00},                               // fragmented control frame
+		{0x81, 127, 0, 0, 0, 0, 0x10, 0, 0, 0},     // too large
+		{0x81, 0x81, 1, 2, 3, 4, 'x'},              // masked: servers never mask
+		{0x81, 126, 0, 5, 'h', 'e', 'l', 'l', 'o'}, // length not in its shortest form
 	} {
 		if _, _, err := parseFrameHeader(b); err == nil {
 			t.Errorf("% x accepted", b)
@@ -82,10 +67,7 @@ func TestParseFrameHeaderErrors(t *testing.T) {
 }
 
 func TestParseHandshake(t *testing.T) {
-	acc := wsAccept("dGhlIHNhbXBsZSBub25jZQ==")
-	if acc != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" { // RFC 6455's example
-		t.Fatalf("accept %q", acc)
-	}
+	acc := wsframe.AcceptKey("dGhlIHNhbXBsZSBub25jZQ==")
 	resp := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nsec-websocket-accept: " + acc + "\r\n\r\n\x81\x02hi"
 	for cut := 0; cut < len(resp)-4; cut++ {
 		if _, n, err := parseHandshake([]byte(resp[:cut]), acc); n != 0 || err != nil {
@@ -117,16 +99,16 @@ func TestUpgradeRequest(t *testing.T) {
 }
 
 func FuzzParseFrameHeader(f *testing.F) {
-	f.Add(serverFrame(wsText, []byte(`{"op":"ping"}`)))
-	f.Add(appendClientFrame(nil, wsBinary, make([]byte, 300), [4]byte{9, 8, 7, 6}))
+	f.Add(serverFrame(wsframe.OpText, []byte(`{"op":"ping"}`)))
+	f.Add(serverFrame(wsframe.OpBinary, make([]byte, 300)))
 	f.Add([]byte{0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, n, err := parseFrameHeader(b)
 		if err != nil || n == 0 {
 			return
 		}
-		if n+h.length > len(b) || h.length < 0 {
-			t.Fatalf("header claims %d+%d of %d bytes", n, h.length, len(b))
+		if int64(n)+h.Length > int64(len(b)) || h.Length < 0 {
+			t.Fatalf("header claims %d+%d of %d bytes", n, h.Length, len(b))
 		}
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"tether/internal/wsframe"
+
 	"github.com/lesismal/nbio"
 )
 
@@ -156,7 +158,7 @@ func newPool(cfg poolConfig) (*pool, error) {
 		kb[i] = byte(rand.Uint32())
 	}
 	key := base64.StdEncoding.EncodeToString(kb[:])
-	p.accept = wsAccept(key)
+	p.accept = wsframe.AcceptKey(key)
 	for _, t := range cfg.Targets {
 		p.targets = append(p.targets, target{addr: t, req: appendUpgradeRequest(nil, t, cfg.Path, key, cfg.Token)})
 	}

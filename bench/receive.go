@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"time"
 
+	"tether/internal/wsframe"
+
 	"github.com/lesismal/nbio"
 )
 
@@ -164,39 +166,33 @@ func (p *pool) processLocked(cs *connState, sh *shard, data []byte, now int64, l
 		if n == 0 {
 			break
 		}
-		payload := buf[off+n : off+n+h.length]
-		off += n + h.length
-		if h.masked {
-			maskBytes(payload, h.mask)
-		}
-		switch h.opcode {
-		case wsText, wsBinary:
-			if h.fin {
+		payload := buf[off+n : off+n+int(h.Length)]
+		off += n + int(h.Length)
+		switch h.Opcode {
+		case wsframe.OpText, wsframe.OpBinary:
+			if h.Fin {
 				delivered += p.messageLocked(cs, sh, payload, now, later)
 			} else {
 				cs.msg = append(cs.msg[:0], payload...)
 				cs.inMsg = true
 			}
-		case wsCont:
+		case wsframe.OpContinuation:
 			if cs.inMsg {
 				cs.msg = append(cs.msg, payload...)
 				if len(cs.msg) > maxFrame {
 					later.reason = "bad_frame"
 					return delivered
 				}
-				if h.fin {
+				if h.Fin {
 					delivered += p.messageLocked(cs, sh, cs.msg, now, later)
 					cs.msg, cs.inMsg = nil, false
 				}
 			}
-		case wsPing:
-			later.out = appendClientFrame(later.out, wsPong, payload, cs.maskKey())
-		case wsClose:
-			code := 1005
-			if len(payload) >= 2 {
-				code = int(payload[0])<<8 | int(payload[1])
-			}
-			later.out = appendClientFrame(later.out, wsClose, payload[:min(len(payload), 2)], cs.maskKey())
+		case wsframe.OpPing:
+			later.out = wsframe.AppendMaskedFrame(later.out, wsframe.OpPong, true, payload, cs.maskKey())
+		case wsframe.OpClose:
+			code, _, _ := wsframe.DecodeClose(payload)
+			later.out = wsframe.AppendMaskedFrame(later.out, wsframe.OpClose, true, payload[:min(len(payload), 2)], cs.maskKey())
 			if cs.state != stUp {
 				later.reason = "close_" + strconv.Itoa(code)
 			} else {
@@ -261,14 +257,14 @@ func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, la
 		return p.deliverLocked(cs, sh, fi, now)
 	case opPing:
 		p.pingsAnswered.Add(1)
-		later.out = appendClientFrame(later.out, wsText, []byte(`{"op":"pong"}`), cs.maskKey())
+		later.out = wsframe.AppendMaskedFrame(later.out, wsframe.OpText, true, []byte(`{"op":"pong"}`), cs.maskKey())
 	case opWelcome:
 		if cs.state == stOpen && p.cfg.Subscribe {
 			ch := p.cfg.ChanPrefix + strconv.Itoa((p.cfg.First+int(cs.idx))%p.cfg.Channels)
 			sub := `{"op":"subscribe","channel":"` + ch + `"}`
 			cs.state = stSubscribing
 			cs.tSub = now
-			later.out = appendClientFrame(later.out, wsText, []byte(sub), cs.maskKey())
+			later.out = wsframe.AppendMaskedFrame(later.out, wsframe.OpText, true, []byte(sub), cs.maskKey())
 		}
 	case opSubscribed:
 		if cs.state == stSubscribing {
