@@ -1,5 +1,7 @@
 package bench
 
+import "tether/internal/proto"
+
 // This file holds the cheap scanners for tether's JSON frames: they find
 // the op and a bench payload's publish time and sequence number without
 // decoding, and allocate nothing.
@@ -20,21 +22,21 @@ const (
 // classifyOp maps an "op" value to its constant.
 func classifyOp(v []byte) byte {
 	switch string(v) {
-	case "message":
+	case proto.OpMessage:
 		return opMessage
-	case "ping":
+	case proto.OpPing:
 		return opPing
-	case "pong":
+	case proto.OpPong:
 		return opPong
-	case "welcome":
+	case proto.OpWelcome:
 		return opWelcome
-	case "subscribed":
+	case proto.OpSubscribed:
 		return opSubscribed
-	case "error":
+	case proto.OpError:
 		return opError
-	case "reconnect":
+	case proto.OpReconnect:
 		return opReconnect
-	case "resync":
+	case proto.OpResync:
 		return opResync
 	}
 	return opOther
