@@ -16,7 +16,7 @@
 // relative error, never as averaged percentiles.
 //
 // A worker runs its own minimal WebSocket client on nbio's poller (no
-// goroutine per connection): each connection is a few hundred bytes of
+// goroutine per connection), on internal/wsframe's codec: each connection is a few hundred bytes of
 // state plus a bitset of the sequence numbers it received, so missing and
 // duplicate deliveries are counted exactly. Connections are spread over
 // source addresses (127.0.0.2… on loopback) so that ephemeral ports do not
@@ -25,4 +25,26 @@
 // docs/BENCHMARKS.md describes the scenarios, the output and the JSON
 // fields, and holds the measured figures with the commands that produced
 // them.
+//
+// Where to find:
+//
+//	| what                                                  | file           |
+//	|-------------------------------------------------------|----------------|
+//	| flags, Main, exit codes                               | options.go     |
+//	| the scenarios (connect, idle, broadcast, …)           | scenarios.go   |
+//	| publishing via the API, /metrics scraping, /healthz   | publish.go     |
+//	| the coordinator: starting workers, phases, merging    | coord.go       |
+//	| the worker protocol and its message types             | worker.go      |
+//	| a worker's connection pool, its state and figures     | pool.go        |
+//	| dialing: dialer goroutines, retries, failure reasons  | dial.go        |
+//	| receiving: upgrade response, frames, delivery counts  | receive.go     |
+//	| the upgrade request and response, frame header check  | frame.go       |
+//	| scanning tether's JSON frames without decoding        | jsonscan.go    |
+//	| latency histograms (Hist)                             | hist.go        |
+//	| the JSON result and the text report                   | report.go      |
+//	| the HTML report                                       | html.go        |
+//	| source-port binding, open-file limit, CPU usage       | sys_linux.go   |
+//
+// The WebSocket framing is internal/wsframe's and the protocol vocabulary
+// internal/proto's; the bench owns neither.
 package bench
