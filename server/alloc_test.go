@@ -58,3 +58,18 @@ func TestHeartbeatPingAllocatesNothing(t *testing.T) {
 		t.Fatalf("%.2f allocations per 100 pings", a)
 	}
 }
+
+// TestLifetimeObserveAllocatesNothing checks that recording a closed
+// connection, abnormal ones included, allocates nothing.
+func TestLifetimeObserveAllocatesNothing(t *testing.T) {
+	ts := startServer(t, Config{PingInterval: time.Hour})
+	now := time.Now().UnixNano()
+	a := testing.AllocsPerRun(1000, func() {
+		now += int64(time.Millisecond)
+		ts.lifetimes.observe(now, 3*time.Second, 3*time.Second, reasonEOF)
+		ts.lifetimes.observe(now, time.Minute, time.Second, reasonCloseFrame)
+	})
+	if a > 0 {
+		t.Fatalf("%.2f allocations per two closes", a)
+	}
+}

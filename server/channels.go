@@ -95,6 +95,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		return
 	}
 	c.mu.Lock()
+	first := len(c.subs) == 0
 	if max := s.cfg.MaxSubsPerConn; max > 0 && len(c.subs) >= max {
 		c.mu.Unlock()
 		c.replyError(f.ID, errf(proto.CodeLimit, "too many subscriptions on this connection"))
@@ -155,6 +156,9 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	c.subs = append(c.subs, sub)
 	c.mu.Unlock()
 	s.m.subscriptions.Add(1)
+	if first && f.Since != nil {
+		s.lifetimes.resumed(time.Now().UnixNano(), c.opened)
+	}
 	if fast {
 		if f.Since != nil {
 			s.m.recovered.Inc()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"time"
 
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp/websocket"
@@ -72,6 +73,8 @@ func (s *Server) onClose(ws *websocket.Conn, err error) {
 	s.conns.remove(c)
 	s.m.conns.Add(-1)
 	s.m.disconnect(reason)
+	end := time.Now().UnixNano()
+	s.lifetimes.observe(end, time.Duration(end-c.opened), time.Duration(s.clock.Load()-c.lastSeen.Load()), reason)
 }
 
 // setDisconnect records why c is being closed, unless a reason is set.

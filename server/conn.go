@@ -23,6 +23,7 @@ type conn struct {
 	flush     *flusher
 	heartbeat *heartbeatShard
 	expiry    int64 // token expiry, unix nanos; 0 = none
+	opened    int64 // when the upgrade completed, unix nanos
 
 	// lastSeen is the coarse clock (unix nanos) of the last inbound frame.
 	lastSeen atomic.Int64

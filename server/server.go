@@ -27,6 +27,7 @@ type Server struct {
 	bus        *bus.Bus
 	log        *slog.Logger
 	m          *serverMetrics
+	lifetimes  *lifetimes
 	index      *index
 	flushers   []*flusher
 	heartbeats *heartbeats
@@ -84,6 +85,7 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		fanoutJobs: make(chan fanoutJob, 256),
 		done:       make(chan struct{}),
 	}
+	s.lifetimes = newLifetimes(cfg.Metrics, log, cfg.PingInterval, disconnectReasons)
 	s.recoveries.wake = make(chan struct{}, recoveryWorkers)
 	s.clock.Store(time.Now().UnixNano())
 	s.admit.init(cfg.AcceptRate, cfg.AcceptBurst)

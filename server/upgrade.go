@@ -98,6 +98,7 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		auth:      auth,
 		flush:     s.flushers[id%uint64(len(s.flushers))],
 		heartbeat: s.heartbeats.shardFor(id),
+		opened:    time.Now().UnixNano(),
 	}
 	if auth != nil {
 		c.expiry = auth.expiry.UnixNano()
