@@ -26,14 +26,23 @@
 //
 // Where to find:
 //
-//	client.go    Options, Client, Subscribe/Publish, reconnects and
-//	             watchdog (run, serve), dispatch, applying server frames
-//	conn.go      one connection: reading into the reused buffer, writes,
-//	             close, mapping read failures to the client's errors
-//	dial.go      one attempt: proxy tunnel (CONNECT), TLS and upgrade
-//	             through the library, welcome frame, refused upgrades
-//	protocol.go  the JSON frames, backoff and jitter
-//	errors.go    the client's error types
+//	client.go     Client and Subscription: Dial/Connect, Subscribe,
+//	              Publish, Unsubscribe, Close; the pending requests
+//	options.go    Options and their defaults
+//	events.go     Event, EventType, the resync reasons, Message
+//	reconnect.go  the run goroutine: serving a connection and its
+//	              watchdog, reconnects with backoff and full jitter,
+//	              restoring subscriptions (attach/detach)
+//	apply.go      the reader goroutine: applying server frames, a
+//	              subscription's position, recovery and resync events
+//	dispatch.go   the delivery goroutine: the queue of messages and
+//	              events handed to handlers and OnEvent
+//	conn.go       one connection: reading into the reused buffer, writes,
+//	              close, mapping read failures to the client's errors
+//	dial.go       one attempt: proxy tunnel (CONNECT), TLS and upgrade
+//	              through the library, welcome frame, refused upgrades
+//	protocol.go   the JSON frames
+//	errors.go     the client's error types
 //
 // A Client runs three goroutines (besides one of the library's per
 // connection): one reads the current connection, one

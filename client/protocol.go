@@ -2,7 +2,6 @@ package client
 
 import (
 	"encoding/json"
-	"math/rand/v2"
 	"time"
 )
 
@@ -59,21 +58,3 @@ var (
 	pingJSON = []byte(`{"op":"ping"}`)
 	pongJSON = []byte(`{"op":"pong"}`)
 )
-
-// fullJitter returns a uniformly random duration in [0, d).
-func fullJitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return rand.N(d)
-}
-
-// backoffWindow is the window of the attempt after failures consecutive
-// failures: MinBackoff doubled per failure, capped at MaxBackoff.
-func backoffWindow(minB, maxB time.Duration, failures int) time.Duration {
-	w := minB
-	for i := 0; i < failures && w < maxB; i++ {
-		w *= 2
-	}
-	return min(w, maxB)
-}
