@@ -57,7 +57,8 @@ func (c *Client) dispatch() {
 	}
 }
 
-// enqueueLocked queues a delivery for the run goroutine. c.mu must be held.
+// enqueueLocked queues a delivery for the dispatch goroutine. c.mu must be
+// held.
 func (c *Client) enqueueLocked(d delivery) {
 	c.queue = append(c.queue, d)
 	select {
