@@ -1,8 +1,6 @@
 package server
 
 import (
-	"context"
-	"encoding/json"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -74,20 +72,9 @@ type subscription struct {
 	ch *channel // immutable
 
 	// guarded by ch.mu
-	idx        int
-	recovering bool
-	buffered   []bus.Message // live messages held back during recovery
-	// After recovery, live messages up to this position were already sent
-	// from history; a bus may still deliver them (with Redis, a message at
-	// or below the history's top can be in flight on pub/sub when the
-	// history is read). skipUpTo == 0 means nothing to skip.
-	skipEpoch string
-	skipUpTo  uint64
+	idx int
+	rec recovery // the switch from history to live delivery (recovery.go)
 }
-
-// maxRecoveryBuffer bounds the live messages one recovering subscription
-// holds back while its history is read.
-const maxRecoveryBuffer = 4096
 
 func (s *Server) subscribe(c *conn, f clientFrame) {
 	if !c.mayRead(f.Channel) {
@@ -123,7 +110,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		sh.channels[f.Channel] = ch
 		s.m.channels.Add(1)
 	}
-	sub := &subscription{c: c, ch: ch, recovering: true}
+	sub := &subscription{c: c, ch: ch}
 	ch.mu.Lock()
 	sub.idx = len(ch.subs)
 	ch.subs = append(ch.subs, sub)
@@ -136,7 +123,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	// below it may still be on their way to the node.)
 	fast := ch.epoch != "" && (f.Since == nil || (f.Since.Epoch == ch.epoch && f.Since.Offset == ch.offset))
 	if fast {
-		sub.recovering = false
+		sub.rec.joinLive()
 		c.send(textFrame(func(b []byte) []byte {
 			return appendSubscribed(b, ch.name, ch.offset, ch.epoch, f.Since != nil, f.ID)
 		}))
@@ -171,116 +158,6 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		since = &bus.Position{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
 	}
 	s.recoveries.push(recoveryJob{sub: sub, since: since, id: f.ID})
-}
-
-// recoveryJob is a subscription waiting for its history read.
-type recoveryJob struct {
-	sub   *subscription
-	since *bus.Position
-	id    json.RawMessage
-}
-
-// recoveryQueue hands subscriptions to a fixed set of workers that read
-// history from the bus (a Redis round trip with the Redis bus). A reconnect
-// storm queues small jobs instead of parking a goroutine, with its stack,
-// per subscribe; nbio's callbacks never wait.
-type recoveryQueue struct {
-	mu   sync.Mutex
-	jobs []recoveryJob
-	head int
-	wake chan struct{} // capacity = workers
-}
-
-func (q *recoveryQueue) push(j recoveryJob) {
-	q.mu.Lock()
-	q.jobs = append(q.jobs, j)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *recoveryQueue) pop() (recoveryJob, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.head == len(q.jobs) {
-		q.jobs, q.head = q.jobs[:0], 0
-		if cap(q.jobs) > 1024 {
-			q.jobs = nil // a storm's backlog is not kept for the next one
-		}
-		return recoveryJob{}, false
-	}
-	j := q.jobs[q.head]
-	q.jobs[q.head] = recoveryJob{}
-	q.head++
-	return j, true
-}
-
-func (s *Server) recoveryWorker() {
-	defer s.wg.Done()
-	for {
-		select {
-		case <-s.done:
-			return
-		case <-s.recoveries.wake:
-		}
-		for {
-			j, ok := s.recoveries.pop()
-			if !ok {
-				break
-			}
-			s.recover(j.sub, j.since, j.id)
-		}
-	}
-}
-
-// recover reads the channel's position (and the missed messages when since
-// is set), then switches the subscription to live delivery: the reply, the
-// missed messages and the messages held back meanwhile are queued under
-// ch.mu, so nothing is lost or duplicated across the switch.
-func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMessage) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	h, err := s.bus.History(ctx, sub.ch.name, since)
-	cancel()
-	c, ch := sub.c, sub.ch
-	if err != nil {
-		s.log.Debug("cannot read history", "channel", ch.name, "err", err)
-		s.dropSub(sub)
-		c.replyError(id, errf(proto.CodeUnavailable, "cannot subscribe now, retry later"))
-		return
-	}
-	if since != nil && h.Recovered {
-		s.m.recovered.Inc()
-	} else if since != nil {
-		s.m.notRecovered.Inc()
-	}
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.dead || sub.idx < 0 {
-		return
-	}
-	c.send(textFrame(func(b []byte) []byte {
-		return appendSubscribed(b, ch.name, h.Top.Offset, h.Top.Epoch, since != nil && h.Recovered, id)
-	}))
-	last := h.Top
-	for _, m := range h.Messages {
-		if m.Offset > since.Offset {
-			c.send(messageFrame(m))
-		}
-	}
-	for _, m := range sub.buffered {
-		if m.Epoch == last.Epoch && m.Offset <= last.Offset {
-			continue
-		}
-		c.send(messageFrame(m))
-	}
-	sub.buffered = nil
-	sub.recovering = false
-	if last.Offset > 0 && (ch.epoch != last.Epoch || ch.offset < last.Offset) {
-		// The node's live stream has not reached the history's top yet.
-		sub.skipEpoch, sub.skipUpTo = last.Epoch, last.Offset
-	}
 }
 
 func (s *Server) unsubscribe(c *conn, f clientFrame) {
@@ -356,7 +233,7 @@ func (s *Server) removeSub(sub *subscription) {
 	ch.subs[last] = nil
 	ch.subs = ch.subs[:last]
 	sub.idx = -1
-	sub.buffered = nil
+	sub.rec.drop()
 	empty := len(ch.subs) == 0
 	if empty {
 		ch.dead = true

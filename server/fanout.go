@@ -55,20 +55,12 @@ func (s *Server) fanoutChunk(subs []*subscription, m *bus.Message, frame []byte)
 	sc := s.scratchPool.Get().(*fanoutScratch)
 	n := 0
 	for _, sub := range subs {
-		if sub.recovering {
-			if len(sub.buffered) >= maxRecoveryBuffer {
-				sub.recovering = false // stop buffering; the conn is closed
-				s.slowConsumer(sub.c)
-				continue
-			}
-			sub.buffered = append(sub.buffered, *m)
+		switch sub.rec.admit(m) {
+		case holdBack, skip:
 			continue
-		}
-		if sub.skipUpTo != 0 {
-			if m.Epoch == sub.skipEpoch && m.Offset <= sub.skipUpTo {
-				continue // sent from history during recovery
-			}
-			sub.skipUpTo = 0
+		case overflow:
+			s.slowConsumer(sub.c)
+			continue
 		}
 		c := sub.c
 		if c.enqueue(frame) {

@@ -1,0 +1,207 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"tether/bus"
+	"tether/internal/proto"
+)
+
+// A subscription's recovery (docs/protocol.md, "Recovery") is the switch
+// from reading history to delivering live messages, with no gap and no
+// duplicate. Its states:
+//
+//	recovering  the history read is queued or running; live messages are
+//	            held back, at most maxRecoveryBuffer of them (more closes
+//	            the connection as a slow consumer)
+//	catchingUp  the reply, the missed messages and the held-back ones are
+//	            queued; live messages up to the history's top were sent
+//	            from history and are skipped
+//	live        every live message is delivered
+//
+// A subscription starts recovering; subscribe moves it to live at once when
+// the node already delivers the channel live and the client's position is
+// the channel's (joinLive). finish moves it to catchingUp or live; the
+// first live message past the history's top ends catchingUp. admit is the
+// one place that decides what happens to a live message.
+type recovery struct {
+	state recoveryState
+	held  []bus.Message // live messages held back while recovering
+	// While catchingUp, live messages up to this position were already
+	// sent from history; a bus may still deliver them (with Redis, a
+	// message at or below the history's top can be in flight on pub/sub
+	// when the history is read).
+	skipEpoch string
+	skipUpTo  uint64
+}
+
+type recoveryState uint8
+
+const (
+	recovering recoveryState = iota
+	catchingUp
+	live
+)
+
+// admission is admit's verdict on a live message.
+type admission uint8
+
+const (
+	deliver  admission = iota // queue it to the connection now
+	holdBack                  // held back until the history is sent
+	skip                      // already sent from history
+	overflow                  // too much held back: close the connection as a slow consumer
+)
+
+// maxRecoveryBuffer bounds the live messages one recovering subscription
+// holds back while its history is read.
+const maxRecoveryBuffer = 4096
+
+// admit decides what happens to the live message m: deliver, hold back or
+// skip. ch.mu must be held. It does not allocate unless it holds m back.
+func (r *recovery) admit(m *bus.Message) admission {
+	switch r.state {
+	case recovering:
+		if len(r.held) >= maxRecoveryBuffer {
+			r.state = live // stop holding back; the caller closes the conn
+			return overflow
+		}
+		r.held = append(r.held, *m)
+		return holdBack
+	case catchingUp:
+		if m.Epoch == r.skipEpoch && m.Offset <= r.skipUpTo {
+			return skip // sent from history during recovery
+		}
+		r.state, r.skipEpoch, r.skipUpTo = live, "", 0
+	}
+	return deliver
+}
+
+// joinLive ends recovery before it starts: the node delivers the channel
+// live and the client needs nothing from history. ch.mu must be held.
+func (r *recovery) joinLive() { r.state = live }
+
+// finish ends recovery once the reply and the missed messages up to top
+// are queued: send is called with each held-back message past top, in
+// order, and live messages up to top are skipped while the node's live
+// stream (at channelTop) has not reached it. ch.mu must be held.
+func (r *recovery) finish(top, channelTop bus.Position, send func(bus.Message)) {
+	for _, m := range r.held {
+		if m.Epoch == top.Epoch && m.Offset <= top.Offset {
+			continue
+		}
+		send(m)
+	}
+	r.held = nil
+	r.state = live
+	if top.Offset > 0 && (channelTop.Epoch != top.Epoch || channelTop.Offset < top.Offset) {
+		// The node's live stream has not reached the history's top yet.
+		r.state, r.skipEpoch, r.skipUpTo = catchingUp, top.Epoch, top.Offset
+	}
+}
+
+// drop releases what a removed subscription holds back. ch.mu must be held.
+func (r *recovery) drop() { r.held = nil }
+
+// recoveryJob is a subscription waiting for its history read.
+type recoveryJob struct {
+	sub   *subscription
+	since *bus.Position
+	id    json.RawMessage
+}
+
+// recoveryQueue hands subscriptions to a fixed set of workers that read
+// history from the bus (a Redis round trip with the Redis bus). A reconnect
+// storm queues small jobs instead of parking a goroutine, with its stack,
+// per subscribe; nbio's callbacks never wait.
+type recoveryQueue struct {
+	mu   sync.Mutex
+	jobs []recoveryJob
+	head int
+	wake chan struct{} // capacity = workers
+}
+
+func (q *recoveryQueue) push(j recoveryJob) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, j)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *recoveryQueue) pop() (recoveryJob, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.jobs) {
+		q.jobs, q.head = q.jobs[:0], 0
+		if cap(q.jobs) > 1024 {
+			q.jobs = nil // a storm's backlog is not kept for the next one
+		}
+		return recoveryJob{}, false
+	}
+	j := q.jobs[q.head]
+	q.jobs[q.head] = recoveryJob{}
+	q.head++
+	return j, true
+}
+
+func (s *Server) recoveryWorker() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.recoveries.wake:
+		}
+		for {
+			j, ok := s.recoveries.pop()
+			if !ok {
+				break
+			}
+			s.recover(j.sub, j.since, j.id)
+		}
+	}
+}
+
+// recover reads the channel's position (and the missed messages when since
+// is set), then switches the subscription to live delivery: the reply, the
+// missed messages and the messages held back meanwhile are queued under
+// ch.mu, so nothing is lost or duplicated across the switch.
+func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMessage) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	h, err := s.bus.History(ctx, sub.ch.name, since)
+	cancel()
+	c, ch := sub.c, sub.ch
+	if err != nil {
+		s.log.Debug("cannot read history", "channel", ch.name, "err", err)
+		s.dropSub(sub)
+		c.replyError(id, errf(proto.CodeUnavailable, "cannot subscribe now, retry later"))
+		return
+	}
+	if since != nil && h.Recovered {
+		s.m.recovered.Inc()
+	} else if since != nil {
+		s.m.notRecovered.Inc()
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.dead || sub.idx < 0 {
+		return
+	}
+	c.send(textFrame(func(b []byte) []byte {
+		return appendSubscribed(b, ch.name, h.Top.Offset, h.Top.Epoch, since != nil && h.Recovered, id)
+	}))
+	for _, m := range h.Messages {
+		if m.Offset > since.Offset {
+			c.send(messageFrame(m))
+		}
+	}
+	sub.rec.finish(h.Top, bus.Position{Offset: ch.offset, Epoch: ch.epoch}, func(m bus.Message) {
+		c.send(messageFrame(m))
+	})
+}
