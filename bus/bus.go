@@ -45,9 +45,12 @@ type History struct {
 	// Messages are the messages after the requested position, in offset
 	// order. Empty when Recovered is false.
 	Messages []Message
-	// Top is the channel's position at the time of the read: every message
-	// with an offset above Top.Offset (in Top.Epoch) is delivered to the
-	// handler after History returns.
+	// Top is the channel's position as the bus knows it at the time of the
+	// read: every message with an offset above Top.Offset (in Top.Epoch)
+	// is delivered to the handler after the read (possibly before History
+	// returns). With the Redis bus, Top may be ahead of what the node has
+	// delivered: a message at or below it can still arrive afterwards,
+	// and is to be skipped.
 	Top Position
 	// Recovered reports whether Messages hold every message after the
 	// requested position (same epoch, still within the history window).

@@ -20,7 +20,9 @@
 //	  reader loops, reconnect backoff
 //	delivery in offset order, gap detection and      redis_repair.go
 //	  repair from history
-//	history reads for subscribers                    redis_history.go
+//	history reads for subscribers: answered from     redis_history.go
+//	  the node's position, one shared read per channel
+//	the node's window of recent history (storms)     redis_window.go
 //	janitor: cluster routing retries, TTL keepalive  redis_janitor.go
 //	Redis key layout, payload format, Lua scripts    redis_wire.go
 package bus

@@ -5,15 +5,20 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// historyCmd queues one history script call on pipe.
-func (b *redisBus) historyCmd(ctx context.Context, pipe redis.Pipeliner, base string, since *Position, epoch string) *redis.Cmd {
+// historyCmd queues one history script call on pipe: the position and the
+// messages after since, or, with full, the position and every message held.
+func (b *redisBus) historyCmd(ctx context.Context, pipe redis.Pipeliner, base string, since *Position, full bool, epoch string) *redis.Cmd {
 	meta, hist := channelKeys(base)
 	sinceOff, sinceEpoch := "", ""
-	if since != nil {
+	switch {
+	case full:
+		sinceOff = "*"
+	case since != nil:
 		sinceOff, sinceEpoch = strconv.FormatUint(since.Offset, 10), since.Epoch
 	}
 	return pipe.EvalSha(ctx, b.histScript.Hash(), []string{meta, hist}, sinceOff, sinceEpoch, epoch, b.ttlMillis)
@@ -58,7 +63,9 @@ func parseHistory(channel string, cmd *redis.Cmd) (History, error) {
 	return h, nil
 }
 
-// history implements backend.
+// history implements backend. For a channel the node has interest in it
+// answers from the node's own state (see serve); otherwise, or when the
+// caller is ahead of this node, it reads Redis.
 func (b *redisBus) history(ctx context.Context, channel string, since *Position) (History, error) {
 	if b.isClosed() {
 		return History{}, ErrClosed
@@ -70,21 +77,16 @@ func (b *redisBus) history(ctx context.Context, channel string, since *Position)
 	c := b.chans[channel]
 	b.mu.Unlock()
 	if c != nil {
-		// Messages after the read must arrive on pub/sub: wait until the
-		// subscription is active.
-		c.mu.Lock()
-		active, ch := c.active, c.activeCh
-		c.mu.Unlock()
-		if !active {
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				b.m.errHistory.Inc()
-				if err := ctx.Err(); errors.Is(err, context.Canceled) && b.isClosed() {
-					return History{}, ErrClosed
-				}
-				return History{}, unavailable("read history of "+strconv.Quote(channel), errors.New("subscription not active"))
+		h, served, err := b.serve(ctx, c, since)
+		if err != nil {
+			b.m.errHistory.Inc()
+			if errors.Is(err, ErrClosed) {
+				return History{}, err
 			}
+			return History{}, unavailable("read history of "+strconv.Quote(channel), err)
+		}
+		if served {
+			return h, nil
 		}
 	}
 	h, err := b.readHistory(ctx, pubsubName(b.cfg.KeyPrefix, channel), channel, since)
@@ -96,16 +98,58 @@ func (b *redisBus) history(ctx context.Context, channel string, since *Position)
 		}
 		return History{}, unavailable("read history of "+strconv.Quote(channel), err)
 	}
-	if c != nil {
+	return h, nil
+}
+
+// serve answers History for a channel the node has interest in from the
+// node's position and window, so that N subscribes on one node cost Redis
+// O(1). It waits until the subscription is active (messages after the
+// answer must arrive on pub/sub) and the channel's position is known and
+// not being repaired; the one read that gets it there, and the one full read
+// a window needs, are the repair loop's, shared by every waiting caller. It
+// reports false when the caller must read Redis itself: the channel was
+// dropped, or since is ahead of what this node delivered.
+func (b *redisBus) serve(ctx context.Context, c *redisChannel, since *Position) (History, bool, error) {
+	for {
 		c.mu.Lock()
-		if !c.known && !c.dead {
-			c.known = true
-			c.last = h.Top.Offset
-			c.epoch = h.Top.Epoch
+		if c.dead {
+			c.mu.Unlock()
+			return History{}, false, nil
+		}
+		if c.active && c.known && !c.repairing {
+			if since != nil && since.Epoch == c.epoch && since.Offset > c.last {
+				c.mu.Unlock()
+				return History{}, false, nil
+			}
+			if h, ok := c.serveLocked(since); ok {
+				c.mu.Unlock()
+				return h, true, nil
+			}
+		}
+		if since != nil && !c.win.filling {
+			c.win.want, c.win.used = true, time.Now()
+		}
+		read := c.active && !c.reading && (!c.known || c.repairing || c.win.want)
+		wait := c.changed
+		if wait == nil {
+			wait = make(chan struct{})
+			c.changed = wait
 		}
 		c.mu.Unlock()
+		if read {
+			b.queueRepair(c)
+		}
+		select {
+		case <-wait:
+		case <-b.done:
+			return History{}, false, ErrClosed
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) && b.isClosed() {
+				return History{}, false, ErrClosed
+			}
+			return History{}, false, errors.New("subscription not active or its history read not done")
+		}
 	}
-	return h, nil
 }
 
 // readHistory runs the history script once, loading it when Redis lost it.
@@ -113,7 +157,7 @@ func (b *redisBus) readHistory(ctx context.Context, base, channel string, since 
 	epoch := newEpochCandidate()
 	for range 2 {
 		pipe := b.client.Pipeline()
-		cmd := b.historyCmd(ctx, pipe, base, since, epoch)
+		cmd := b.historyCmd(ctx, pipe, base, since, false, epoch)
 		_, err := pipe.Exec(ctx)
 		if isNoScript(err) {
 			b.loadHistoryScript(ctx)

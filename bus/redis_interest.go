@@ -20,16 +20,18 @@ type redisChannel struct {
 	sent     bool      // SUBSCRIBE written on link's current connection
 
 	mu           sync.Mutex
-	dead         bool          // removed from the bus: deliver nothing more
-	active       bool          // the server confirmed the subscription on the current connection
-	activeCh     chan struct{} // closed when active becomes true
-	known        bool          // last and epoch hold the last delivered position
+	dead         bool // removed from the bus: deliver nothing more
+	active       bool // the server confirmed the subscription on the current connection
+	known        bool // last and epoch hold the last delivered position
 	last         uint64
 	epoch        string
-	repairing    bool      // a gap is being repaired: live messages go to held
-	repairQueued bool      // in redisBus.repairQueue
-	held         []Message // live messages received while repairing, in order
-	heldOverflow bool      // held was full and messages were dropped from it
+	repairing    bool          // a gap is being repaired: live messages go to held
+	repairQueued bool          // in redisBus.repairQueue
+	reading      bool          // the repair loop is reading c's history
+	held         []Message     // live messages received while repairing, in order
+	heldOverflow bool          // held was full and messages were dropped from it
+	changed      chan struct{} // nil, or made by a waiting History: closed by notifyLocked
+	win          window        // the node's copy of the channel's recent history
 }
 
 var channelSeed = maphash.MakeSeed()
@@ -43,7 +45,7 @@ func (b *redisBus) subscribe(channel string) {
 	}
 	c := b.chans[channel]
 	if c == nil {
-		c = &redisChannel{name: channel, pubsubChannel: pubsubName(b.cfg.KeyPrefix, channel), activeCh: make(chan struct{}), refs: 1}
+		c = &redisChannel{name: channel, pubsubChannel: pubsubName(b.cfg.KeyPrefix, channel), refs: 1}
 		b.chans[channel] = c
 		b.interest++
 		b.routeLocked(c)

@@ -5,12 +5,15 @@ import (
 	"time"
 )
 
-// janitorLoop routes new channels to cluster nodes, and keeps the meta key
+// janitorLoop routes new channels to cluster nodes, keeps the meta key
 // of every channel the node serves alive, so that a channel quiet for
-// longer than HistoryTTL keeps its epoch while anyone listens.
+// longer than HistoryTTL keeps its epoch while anyone listens, and frees
+// idle windows.
 func (b *redisBus) janitorLoop() {
 	keepalive := time.NewTicker(max(b.cfg.HistoryTTL/3, 10*time.Millisecond))
 	defer keepalive.Stop()
+	windows := time.NewTicker(windowIdle / 2)
+	defer windows.Stop()
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for {
@@ -25,6 +28,8 @@ func (b *redisBus) janitorLoop() {
 			wake(b.routeWake)
 		case <-keepalive.C:
 			b.keepalive()
+		case now := <-windows.C:
+			b.dropIdleWindows(now)
 		}
 	}
 }

@@ -215,6 +215,8 @@ func (l *link) sync() error {
 		c.mu.Lock()
 		c.dead = true
 		c.held = nil
+		c.win.drop()
+		c.notifyLocked()
 		c.mu.Unlock()
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CommandTimeout)

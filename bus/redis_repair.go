@@ -12,10 +12,7 @@ import (
 // and a channel with a known position repairs its gap once resubscribed.
 func (c *redisChannel) deactivate() {
 	c.mu.Lock()
-	if c.active {
-		c.active = false
-		c.activeCh = make(chan struct{})
-	}
+	c.active = false
 	if c.known {
 		c.repairing = true
 	}
@@ -26,10 +23,8 @@ func (c *redisChannel) deactivate() {
 // its baseline position or repairs its gap.
 func (c *redisChannel) activate(b *redisBus) {
 	c.mu.Lock()
-	if !c.active {
-		c.active = true
-		close(c.activeCh)
-	}
+	c.active = true
+	c.notifyLocked()
 	dead := c.dead
 	c.mu.Unlock()
 	if !dead {
@@ -94,7 +89,17 @@ func (b *redisBus) offerLocked(c *redisChannel, m Message) (gap bool) {
 	if h := b.handlers().OnMessage; h != nil {
 		h(m)
 	}
+	c.win.record(m, b.cfg.HistorySize)
 	return false
+}
+
+// notifyLocked wakes the History calls waiting for c's state to change.
+// c.mu must be held.
+func (c *redisChannel) notifyLocked() {
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
 }
 
 // bufferLocked keeps m for after the repair. c.mu must be held.
@@ -149,6 +154,7 @@ func (b *redisBus) repairLoop() {
 				for _, c := range q {
 					c.mu.Lock()
 					c.repairQueued = false
+					c.reading, c.win.filling = false, false
 					c.mu.Unlock()
 					b.queueRepair(c)
 				}
@@ -172,6 +178,7 @@ func (b *redisBus) repair(chans []*redisChannel) error {
 	type read struct {
 		c     *redisChannel
 		since *Position
+		full  bool // the whole history, for c's window
 		cmd   *redis.Cmd
 	}
 	reads := make([]read, 0, len(chans))
@@ -184,12 +191,18 @@ func (b *redisBus) repair(chans []*redisChannel) error {
 		if c.known {
 			since = &Position{Offset: c.last, Epoch: c.epoch}
 		}
+		full := c.win.want
+		if full {
+			// Record from now on what the read may miss.
+			c.win.want, c.win.filling, c.win.recording = false, true, true
+		}
 		dead := c.dead
+		c.reading = !dead
 		c.mu.Unlock()
 		if dead {
 			continue
 		}
-		reads = append(reads, read{c: c, since: since, cmd: b.historyCmd(ctx, pipe, c.pubsubChannel, since, epoch)})
+		reads = append(reads, read{c: c, since: since, full: full, cmd: b.historyCmd(ctx, pipe, c.pubsubChannel, since, full, epoch)})
 	}
 	if len(reads) == 0 {
 		return nil
@@ -206,24 +219,38 @@ func (b *redisBus) repair(chans []*redisChannel) error {
 		if err != nil {
 			return err
 		}
-		b.applyRepair(r.c, r.since, h)
+		if r.full {
+			b.applyRepair(r.c, r.since, historyAfter(h.Messages, h.Top, r.since), &h)
+		} else {
+			b.applyRepair(r.c, r.since, h, nil)
+		}
 	}
 	return nil
 }
 
 // applyRepair delivers what a history read found, then the live messages
-// buffered meanwhile.
-func (b *redisBus) applyRepair(c *redisChannel, since *Position, h History) {
+// buffered meanwhile, and wakes the History calls waiting for c. full, when
+// not nil, is the whole history the read found, for c's window.
+func (b *redisBus) applyRepair(c *redisChannel, since *Position, h History, full *History) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.reading = false
+	defer c.notifyLocked()
 	if c.dead {
 		return
+	}
+	if full != nil {
+		c.win.filling = false
+		// After the repair below, so that the messages it delivers are
+		// recorded first.
+		defer func() { c.win.fill(*full, Position{Offset: c.last, Epoch: c.epoch}, b.cfg.HistorySize) }()
 	}
 	switch {
 	case !c.known:
 		c.known = true
 		c.last = h.Top.Offset
 		c.epoch = h.Top.Epoch
+		c.win.reset()
 	case since == nil || since.Offset != c.last || since.Epoch != c.epoch:
 		// A baseline read overtaken by live messages, or a stale read.
 	case h.Recovered:
@@ -237,6 +264,7 @@ func (b *redisBus) applyRepair(c *redisChannel, since *Position, h History) {
 		b.m.gapLost.Inc()
 		c.last = h.Top.Offset
 		c.epoch = h.Top.Epoch
+		c.win.reset()
 		if f := b.handlers().OnGap; f != nil {
 			f(c.name, h.Top)
 		}

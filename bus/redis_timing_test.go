@@ -64,7 +64,7 @@ func TestRedisDeliveryAllocs(t *testing.T) {
 		t.Skip("allocations differ under -race")
 	}
 	b := &redisBus{cfg: RedisConfig{KeyPrefix: "tether:"}, chans: make(map[string]*redisChannel)}
-	c := &redisChannel{name: "c", pubsubChannel: "tether:{c}", known: true, epoch: "e1", activeCh: make(chan struct{})}
+	c := &redisChannel{name: "c", pubsubChannel: "tether:{c}", known: true, epoch: "e1"}
 	b.chans["c"] = c
 	var n int
 	b.setHandler(Handler{OnMessage: func(m Message) { n += len(m.Data) }})

@@ -170,19 +170,24 @@ return {o, e}
 // still covered, the messages after it. When the meta key is missing it
 // creates the channel at offset 0 in a new epoch (ARGV[3]), so that the
 // position it returns is the one the next message continues. Returns
-// {top, epoch, recovered (0/1), {data newest first…}}.
+// {top, epoch, recovered (0/1), {data newest first…}}. With since "*" it
+// returns every message held, as {top, epoch, 1, {data newest first…}}.
 //
-// KEYS: meta, hist. ARGV: since offset ("" for none), since epoch,
-// candidate epoch, TTL in ms.
+// KEYS: meta, hist. ARGV: since offset ("" for none, "*" for all), since
+// epoch, candidate epoch, TTL in ms.
 const historyScript = `
-local e = redis.call('HGET', KEYS[1], 'e')
+local m = redis.call('HMGET', KEYS[1], 'e', 'o')
+local e, top = m[1], tonumber(m[2])
 if not e then
   e = ARGV[3]
+  top = 0
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 end
-local top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+if ARGV[1] == '*' then
+  return {top, e, 1, redis.call('LRANGE', KEYS[2], 0, -1)}
+end
 if ARGV[1] == '' or ARGV[2] ~= e then
   return {top, e, 0}
 end
