@@ -19,15 +19,16 @@ import (
 const maxBatch = 1000
 
 // routes returns the handlers of the public listener and of the private
-// API listener. Without Config.APIListen the public one serves everything
-// and the private one is unused; with it, the public listener serves only
-// /ws and the static files, so no load balancer in front of it can expose
-// the API or the metrics.
+// API listener. The public listener answers upgrades at /ws itself
+// (upgrade.go) and hands every other request to its handler. Without
+// Config.APIListen the public handler serves everything else and the
+// private one is unused; with it, the public listener serves only /ws and
+// the static files, so no load balancer in front of it can expose the API
+// or the metrics.
 func (s *Server) routes() (public, private http.Handler) {
 	api := http.NewServeMux()
 	s.apiRoutes(api)
 	pub := http.NewServeMux()
-	pub.HandleFunc("/ws", s.upgrade)
 	s.staticRoutes(pub)
 	if s.cfg.APIListen == "" {
 		s.apiRoutes(pub)
@@ -139,14 +140,10 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.apiAllowed(r) {
-		msg := "a valid API key is required"
-		if s.cfg.APIKey == "" {
-			msg = "without an API key the API answers only loopback callers"
-		}
-		s.apiError(w, http.StatusUnauthorized, proto.CodeUnauthorized, msg)
+		s.apiError(w, http.StatusUnauthorized, proto.CodeUnauthorized, s.apiDeniedMessage())
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.maxBatchBody())))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxAPIBody)))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -227,6 +224,14 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		b = append(b, ']')
 	}
 	_, _ = w.Write(append(b, "}\n"...))
+}
+
+// apiDeniedMessage says why an API request without credentials is refused.
+func (s *Server) apiDeniedMessage() string {
+	if s.cfg.APIKey == "" {
+		return "without an API key the API answers only loopback callers"
+	}
+	return "a valid API key is required"
 }
 
 func (s *Server) apiError(w http.ResponseWriter, status int, code, msg string) {

@@ -2,10 +2,11 @@ package server
 
 import (
 	"errors"
+	"io"
+	"syscall"
 	"time"
 
 	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp/websocket"
 	"tether/internal/proto"
 )
 
@@ -37,12 +38,15 @@ func (c *conn) sendClose(code int, reason string, preface []byte) bool {
 	return true
 }
 
-// onClose runs once per upgraded connection when its socket is closed.
-func (s *Server) onClose(ws *websocket.Conn, err error) {
-	c, ok := ws.Session().(*conn)
-	if !ok {
-		return
-	}
+// onClose runs once per upgraded connection when its socket is closed,
+// on whichever goroutine closed it (nbio calls it from Close).
+//
+// Why it ended is the reason set when the server closed it or the client
+// sent a close frame ("client"); otherwise the socket's error tells: "eof"
+// for a FIN without a close frame, "reset" for a reset, "slow_consumer"
+// for a write buffer over its bound. "eof" and "reset" are what a load
+// balancer's idle timeout looks like from here.
+func (s *Server) onClose(c *conn, err error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -56,13 +60,15 @@ func (s *Server) onClose(ws *websocket.Conn, err error) {
 	c.mu.Unlock()
 	if reason == "" {
 		switch {
-		case errors.Is(err, websocket.ErrMessageTooLarge):
-			reason = "too_large"
 		case errors.Is(err, nbio.ErrOverflow):
 			reason = "slow_consumer"
 			s.m.slowConsumers.Inc()
+		case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ETIMEDOUT):
+			reason = "reset"
+		case err == nil, errors.Is(err, io.EOF):
+			reason = "eof"
 		default:
-			reason = "client"
+			reason = "error"
 		}
 	}
 	s.log.Debug("connection closed", "conn", c.id, "reason", reason, "err", err)

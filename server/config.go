@@ -41,6 +41,21 @@ type Config struct {
 	// HandshakeTimeout bounds how long a new TCP connection may take to send
 	// its upgrade request and read the answer. If zero, 10s is used.
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the sockets held before their upgrade: sockets
+	// whose request is still being read, and API requests being read or
+	// answered. A socket accepted over it is closed at once. With
+	// MaxHeaderBytes it bounds what clients that never authenticate can
+	// make the node hold: MaxHandshakes × (MaxHeaderBytes + ~1 KiB).
+	// If zero, 4,096 is used.
+	MaxHandshakes int
+	// MaxHeaderBytes bounds an HTTP request head (request line and header
+	// fields); a longer one is refused with 431 before anything else is
+	// read. If zero, 16 KiB is used.
+	MaxHeaderBytes int
+	// MaxAPIBody bounds the body of one HTTP API request; a request
+	// declaring more is refused with 413 before its body is read. If zero,
+	// 4 MiB or four messages of MaxMessageSize, whichever is more, is used.
+	MaxAPIBody int
 
 	// MaxMessageSize bounds a publish payload (the JSON data) in bytes; a
 	// client frame larger than MaxMessageSize+1KiB is closed with 1009.
@@ -144,6 +159,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = 64 << 10
+	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = 4096
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 16 << 10
+	}
+	if c.MaxAPIBody <= 0 {
+		c.MaxAPIBody = max(4<<20, 4*(c.MaxMessageSize+1024))
 	}
 	if c.MaxConnBuffer <= 0 {
 		c.MaxConnBuffer = 1 << 20

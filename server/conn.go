@@ -7,16 +7,13 @@ import (
 	"sync/atomic"
 
 	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp/websocket"
-	"tether/internal/proto"
 	"tether/ring"
 )
 
 // conn is one WebSocket connection.
 type conn struct {
-	// immutable after open
+	// immutable after the upgrade (srv and nc: after onOpen)
 	srv       *Server
-	ws        *websocket.Conn
 	nc        *nbio.Conn
 	id        uint64
 	auth      *claims // nil on an open server
@@ -25,21 +22,30 @@ type conn struct {
 	expiry    int64 // token expiry, unix nanos; 0 = none
 	opened    int64 // when the upgrade completed, unix nanos
 
+	// http reads the socket's requests until the upgrade, then is nil
+	// (engine.go).
+	http atomic.Pointer[httpConn]
+
 	// lastSeen is the coarse clock (unix nanos) of the last inbound frame.
 	lastSeen atomic.Int64
 
 	// guarded by mu
-	mu           sync.Mutex
-	pending      [][]byte // frames waiting for the flusher (shared, read-only)
-	spare        [][]byte // the other half of the double buffer
-	pendingBytes int
-	queued       bool   // in a flusher queue or being flushed
-	closing      bool   // a close frame is queued: nothing else is accepted
-	closed       bool   // OnClose ran
-	disconnect   string // why the server closes c (a metrics label)
-	subs         []*subscription
+	mu              sync.Mutex
+	pending         [][]byte // frames waiting for the flusher (shared, read-only)
+	spare           [][]byte // the other half of the double buffer
+	pendingBytes    int
+	queued          bool   // in a flusher queue or being flushed
+	closing         bool   // a close frame is queued: nothing else is accepted
+	closeAfterFlush bool   // close the socket once the close frame is written
+	closed          bool   // onClose ran
+	disconnect      string // why the connection ended (a metrics label)
+	subs            []*subscription
 
-	// owned by the read path (nbio handles one conn's frames one at a time)
+	// owned by the read path (the socket's poller goroutine; wsconn.go)
+	rd        wsReader
+	readDone  bool // the reader failed or the client closed: input is ignored
+	dropMsg   bool // a frame of the message being read was over the rate
+	dropCtrl  bool // the control frame being read was over the rate
 	tokens    float64
 	lastTaken int64
 	strikes   int
@@ -48,7 +54,6 @@ type conn struct {
 	wheelEntry ring.Entry[*conn]
 	nextPing   int64
 	hardClose  int64 // when closing: deadline for the socket close
-	settled    bool  // the engine's handshake read deadline was cleared again
 }
 
 // enqueue queues a frame for c. It reports whether c must be handed to its
@@ -95,59 +100,6 @@ func (c *conn) reply(build func([]byte) []byte) {
 func (c *conn) replyError(id json.RawMessage, e *protoError) {
 	c.srv.m.protocolErrors(e.code).Inc()
 	c.reply(func(b []byte) []byte { return appendError(b, id, e.code, e.msg) })
-}
-
-func (s *Server) onMessage(ws *websocket.Conn, mt websocket.MessageType, data []byte) {
-	c, ok := ws.Session().(*conn)
-	if !ok {
-		return
-	}
-	c.onFrame(mt, data)
-}
-
-// onFrame handles one inbound data frame.
-func (c *conn) onFrame(mt websocket.MessageType, data []byte) {
-	now := c.srv.clock.Load()
-	c.lastSeen.Store(now)
-	c.mu.Lock()
-	closing := c.closing
-	c.mu.Unlock()
-	if closing {
-		return // after our close frame nothing the peer sends matters
-	}
-	if mt != websocket.TextMessage {
-		c.srv.m.protocolErrors("binary").Inc()
-		c.srv.closeConn(c, proto.CloseProtocolViolation, "binary frames are not part of the protocol", "protocol")
-		return
-	}
-	if !c.allow(now) {
-		if c.strikes > c.srv.cfg.ClientMsgBurst {
-			c.srv.closeConn(c, proto.CloseRateLimited, "rate limited", "rate_limited")
-			return
-		}
-		if c.strikes == 1 {
-			c.replyError(nil, errf(proto.CodeRateLimited, "too many frames: slow down"))
-		} else {
-			c.srv.m.protocolErrors(proto.CodeRateLimited).Inc()
-		}
-		return
-	}
-	f, perr := decodeClientFrame(data)
-	if perr != nil {
-		c.replyError(f.ID, perr)
-		return
-	}
-	switch f.Op {
-	case proto.OpPong:
-	case proto.OpPing:
-		c.send(pongFrame)
-	case proto.OpSubscribe:
-		c.srv.subscribe(c, f)
-	case proto.OpUnsubscribe:
-		c.srv.unsubscribe(c, f)
-	case proto.OpPublish:
-		c.srv.clientPublish(c, f)
-	}
 }
 
 // connSet holds every open connection, for drain and shutdown.

@@ -4,8 +4,11 @@
 //
 // # Concurrency
 //
-// nbio runs the read side: frames of one connection are handled one at a
-// time on its goroutine pool, and those callbacks never block. Writes never
+// nbio's poller runs the read side: the bytes of one socket are handled one
+// call at a time on its poller goroutine (engine.go), where tether parses
+// the HTTP request, upgrades and reads WebSocket frames itself; those
+// callbacks never block. HTTP requests other than the upgrade are answered
+// on a goroutine each (httpconn.go), at most 256 at once. Writes never
 // happen in a caller's goroutine: a frame is appended to the connection's
 // bounded queue and the connection is handed to one of the flusher
 // goroutines, which writes everything queued in one write (coalescing).

@@ -79,7 +79,6 @@ func (s *Server) fanoutChunk(subs []*subscription, m *bus.Message, frame []byte)
 }
 
 func (s *Server) fanoutWorker() {
-	defer s.wg.Done()
 	for {
 		select {
 		case <-s.done:

@@ -124,5 +124,9 @@ func (f *flusher) flush(c *conn) {
 		return
 	}
 	c.queued = false
+	closeNow := c.closeAfterFlush
 	c.mu.Unlock()
+	if closeNow {
+		_ = c.nc.Close()
+	}
 }

@@ -40,16 +40,7 @@ const (
 	hbTimeout
 	hbExpired
 	hbHardClose
-	hbClearDeadline
 )
-
-// settleDelay is when, after the upgrade, a connection's engine read
-// deadline is cleared once more. nbio arms a handshake read deadline on
-// the listener goroutine right after handing the socket to a poller; for a
-// client that sends its upgrade request at once, the upgrade (which clears
-// the deadline) can win that race, and the late deadline would then close
-// a healthy connection after the handshake timeout.
-const settleDelay = time.Second
 
 func newHeartbeats(s *Server, shards int) *heartbeats {
 	interval := s.cfg.PingInterval
@@ -80,7 +71,7 @@ func (h *heartbeats) add(c *conn, now int64) {
 	sh := c.heartbeat
 	sh.mu.Lock()
 	c.nextPing = now + rand.Int64N(h.interval) + 1
-	sh.wheel.Add(&c.wheelEntry, time.Unix(0, min(h.nextCheckLocked(c), now+int64(settleDelay))))
+	sh.wheel.Add(&c.wheelEntry, time.Unix(0, h.nextCheckLocked(c)))
 	sh.mu.Unlock()
 }
 
@@ -113,7 +104,6 @@ func (h *heartbeats) scheduleHardClose(c *conn) {
 }
 
 func (h *heartbeats) run(done <-chan struct{}) {
-	defer h.srv.wg.Done()
 	t := time.NewTicker(h.tick)
 	defer t.Stop()
 	for {
@@ -143,10 +133,6 @@ func (h *heartbeats) advance(now time.Time) {
 					sh.wheel.Add(e, time.Unix(0, c.hardClose))
 				}
 				return
-			}
-			if !c.settled {
-				c.settled = true
-				sh.fired = append(sh.fired, heartbeatAction{c, hbClearDeadline})
 			}
 			switch {
 			case c.expiry != 0 && ns >= c.expiry:
@@ -178,8 +164,6 @@ func (h *heartbeats) advance(now time.Time) {
 				h.srv.closeConn(a.c, proto.CloseUnauthorized, "token expired", "token_expired")
 			case hbHardClose:
 				_ = a.c.nc.Close()
-			case hbClearDeadline:
-				_ = a.c.nc.SetReadDeadline(time.Time{})
 			}
 		}
 	}

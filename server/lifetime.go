@@ -14,21 +14,16 @@ import (
 // without one: a FIN (eof) or an RST (reset). The last two are what a load
 // balancer, proxy or NAT that drops an idle connection produces.
 const (
-	reasonCloseFrame = "close_frame"
+	reasonCloseFrame = "client" // the client sent a close frame
 	reasonEOF        = "eof"
 	reasonReset      = "reset"
-	// reasonClient is what an engine that cannot tell the three apart
-	// reports for any client-side end.
-	reasonClient = "client"
 )
 
 // abnormalClose reports whether a close with reason may be a cut by a
-// middlebox: the connection ended without a close frame. reasonClient
-// counts, because it may be one; a clean client close at random idle times
-// cannot form a cluster, so the cost is only a noisier sample.
+// middlebox: the connection ended without a close frame.
 func abnormalClose(reason string) bool {
 	switch reason {
-	case reasonEOF, reasonReset, reasonClient:
+	case reasonEOF, reasonReset:
 		return true
 	}
 	return false

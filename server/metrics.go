@@ -2,10 +2,12 @@ package server
 
 import (
 	"io"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
 	"tether/internal/proto"
+	"tether/internal/wsframe"
 )
 
 // serverMetrics holds every metric of a Server, created once in New. The
@@ -14,12 +16,15 @@ type serverMetrics struct {
 	set *metrics.Set
 
 	conns         atomic.Int64
+	handshakes    atomic.Int64 // sockets in their HTTP phase (engine.go)
 	channels      atomic.Int64
 	subscriptions atomic.Int64
 	accepted      *metrics.Counter
 	rejected      map[string]*metrics.Counter
 	disconnects   map[string]*metrics.Counter
 	protoErrs     map[string]*metrics.Counter
+	httpRejects   map[string]*metrics.Counter
+	frameErrors   map[string]*metrics.Counter
 
 	published         *metrics.Counter
 	fannedOut         *metrics.Counter
@@ -37,7 +42,7 @@ type serverMetrics struct {
 
 var (
 	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request"}
-	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "error"}
+	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "eof", "reset", "error"}
 	protoErrorCodes   = []string{proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound, proto.CodeTooLarge, proto.CodeRateLimited, proto.CodeLimit, proto.CodeUnavailable, "binary"}
 )
 
@@ -47,6 +52,18 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 		rejected:    make(map[string]*metrics.Counter),
 		disconnects: make(map[string]*metrics.Counter),
 		protoErrs:   make(map[string]*metrics.Counter),
+		httpRejects: make(map[string]*metrics.Counter),
+		frameErrors: make(map[string]*metrics.Counter),
+	}
+	set.NewGauge("tether_handshakes", func() float64 { return float64(m.handshakes.Load()) })
+	for _, r := range httpRejectReasons {
+		m.httpRejects[r] = set.NewCounter(`tether_http_rejected_total{reason="` + r + `"}`)
+	}
+	for _, e := range wsframe.Errors() {
+		if _, ok := m.frameErrors[e.Reason]; !ok {
+			m.frameErrors[e.Reason] = set.NewCounter(`tether_ws_frame_errors_total{close_code="` +
+				strconv.Itoa(e.Code) + `",reason="` + e.Reason + `"}`)
+		}
 	}
 	set.NewGauge("tether_connections", func() float64 { return float64(m.conns.Load()) })
 	set.NewGauge("tether_channels", func() float64 { return float64(m.channels.Load()) })
@@ -84,6 +101,21 @@ func (m *serverMetrics) protocolErrors(code string) *metrics.Counter {
 }
 
 func (m *serverMetrics) reject(reason string) { m.rejected[reason].Inc() }
+
+// httpReject counts a request refused before any handler ran
+// (httpreq.go's reasons).
+func (m *serverMetrics) httpReject(reason string) {
+	if c, ok := m.httpRejects[reason]; ok {
+		c.Inc()
+	}
+}
+
+// frameError counts a client frame or frame sequence that broke RFC 6455.
+func (m *serverMetrics) frameError(e *wsframe.Error) {
+	if c, ok := m.frameErrors[e.Reason]; ok {
+		c.Inc()
+	}
+}
 
 func (m *serverMetrics) disconnect(reason string) {
 	c, ok := m.disconnects[reason]

@@ -2,7 +2,9 @@
 
 package server
 
-import "github.com/lesismal/nbio/nbhttp"
+import "github.com/lesismal/nbio"
 
-// addRaceEdges does nothing outside race builds (see race_on.go).
-func addRaceEdges(*nbhttp.Engine) {}
+// addRaceEdges and raceEdge do nothing outside race builds (see race_on.go).
+func addRaceEdges(*nbio.Engine) {}
+
+func raceEdge() {}

@@ -151,7 +151,6 @@ func (q *recoveryQueue) pop() (recoveryJob, bool) {
 }
 
 func (s *Server) recoveryWorker() {
-	defer s.wg.Done()
 	for {
 		select {
 		case <-s.done:

@@ -13,8 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lesismal/nbio/nbhttp"
-	"github.com/lesismal/nbio/nbhttp/websocket"
+	"github.com/lesismal/nbio"
 
 	"tether/bus"
 )
@@ -31,14 +30,14 @@ type Server struct {
 	index      *index
 	flushers   []*flusher
 	heartbeats *heartbeats
-	upgrader   *websocket.Upgrader
-	handler    http.Handler // the public listener's
+	handler    http.Handler // the public listener's, for requests other than the upgrade
 	apiHandler http.Handler // the private listener's (Config.APIListen)
 
 	fanoutJobs  chan fanoutJob
 	scratchPool sync.Pool // *fanoutScratch
 	syncPool    sync.Pool // *fanoutSync
 	recoveries  recoveryQueue
+	httpSlots   chan struct{} // bounds HTTP requests answered at once (httpconn.go)
 
 	clock    atomic.Int64 // coarse unix nanos, advanced by the heartbeat loop
 	nextID   atomic.Uint64
@@ -49,15 +48,20 @@ type Server struct {
 	conns connSet
 
 	mu      sync.Mutex // guards engine, api, addr, started, stopped
-	engine  *nbhttp.Engine
+	engine  *nbio.Engine
 	api     *apiListener // nil without Config.APIListen
 	addr    net.Addr
 	started bool
 	stopped bool
 
-	done chan struct{} // closed by Shutdown
-	wg   sync.WaitGroup
+	done       chan struct{} // closed by the stop sequence once the engine is stopped
+	allStopped chan struct{} // closed once every goroutine of the server has returned
+	goroutines goroutines
 }
+
+// maxHTTPInFlight bounds the HTTP requests the public listener answers at
+// once (each on a goroutine); more are refused with 503.
+const maxHTTPInFlight = 256
 
 // recoveryWorkers bounds concurrent history reads: enough to keep a
 // Redis connection pool busy during a reconnect storm.
@@ -83,7 +87,9 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		m:          newServerMetrics(cfg.Metrics),
 		index:      newIndex(),
 		fanoutJobs: make(chan fanoutJob, 256),
+		httpSlots:  make(chan struct{}, maxHTTPInFlight),
 		done:       make(chan struct{}),
+		allStopped: make(chan struct{}),
 	}
 	s.lifetimes = newLifetimes(cfg.Metrics, log, cfg.PingInterval, disconnectReasons)
 	s.recoveries.wake = make(chan struct{}, recoveryWorkers)
@@ -97,8 +103,6 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 	s.scratchPool.New = func() any { return &fanoutScratch{ready: make([][]*conn, len(s.flushers))} }
 	s.syncPool.New = func() any { return new(fanoutSync) }
 	s.heartbeats = newHeartbeats(s, 4*runtime.GOMAXPROCS(0))
-
-	s.upgrader = s.newUpgrader()
 	s.handler, s.apiHandler = s.routes()
 
 	b.SetHandler(bus.Handler{OnMessage: s.onBusMessage, OnGap: s.onBusGap})
@@ -128,21 +132,7 @@ func (s *Server) Start() error {
 		_ = ln.Close()
 		return err
 	}
-	engine := nbhttp.NewEngine(nbhttp.Config{
-		Name:                    "tether",
-		Network:                 "tcp",
-		Addrs:                   []string{ln.Addr().String()},
-		Listen:                  func(string, string) (net.Listener, error) { return ln, nil },
-		NPoller:                 s.cfg.Pollers,
-		MaxLoad:                 s.maxLoad(),
-		ReadLimit:               s.maxBatchBody() + 64<<10, // bounds what one HTTP request may buffer
-		MaxHTTPBodySize:         s.maxBatchBody(),
-		MaxWriteBufferSize:      s.cfg.MaxConnBuffer,
-		ReleaseWebsocketPayload: true,
-		KeepaliveTime:           s.cfg.HandshakeTimeout,
-		Handler:                 s.handler,
-	})
-	addRaceEdges(engine)
+	engine := s.newEngine(ln)
 	if err := engine.Start(); err != nil {
 		_ = ln.Close()
 		if api != nil {
@@ -153,32 +143,21 @@ func (s *Server) Start() error {
 	s.engine = engine
 	s.api = api
 	if api != nil {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			api.serve(s.log)
-		}()
+		s.goroutines.start("api-listener", func() { api.serve(s.log) })
 	}
 	s.addr = ln.Addr()
 	s.started = true
 
 	for _, f := range s.flushers {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			f.run(s.done)
-		}()
+		s.goroutines.start("flusher", func() { f.run(s.done) })
 	}
 	for range runtime.GOMAXPROCS(0) {
-		s.wg.Add(1)
-		go s.fanoutWorker()
+		s.goroutines.start("fanout", s.fanoutWorker)
 	}
 	for range recoveryWorkers {
-		s.wg.Add(1)
-		go s.recoveryWorker()
+		s.goroutines.start("recovery", s.recoveryWorker)
 	}
-	s.wg.Add(1)
-	go s.heartbeats.run(s.done)
+	s.goroutines.start("heartbeats", func() { s.heartbeats.run(s.done) })
 	s.log.Info("tether listening", "addr", s.addr.String(), "api_addr", s.cfg.APIListen, "node", s.cfg.NodeID,
 		"max_conns", s.cfg.MaxConns, "auth", len(s.cfg.JWTSecret) > 0)
 	return nil
@@ -195,47 +174,50 @@ func (s *Server) Addr() net.Addr {
 func (s *Server) NodeID() string { return s.cfg.NodeID }
 
 // Shutdown closes every connection at once and stops the server. Use Drain
-// first for a graceful stop. It is safe to call more than once.
+// first for a graceful stop.
+//
+// The first call starts the stop, which always runs to its end: the
+// listeners close, every connection is closed, then every goroutine of the
+// server returns. Every call, the first included, waits for that end until
+// ctx is done; it returns nil once everything has stopped, or ctx's error
+// naming the goroutines still running. So a second call, with a fresh
+// context, waits for what a first one gave up on.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		return nil
-	}
+	first := !s.stopped
 	s.stopped = true
 	engine, api := s.engine, s.api
 	s.mu.Unlock()
-	s.draining.Store(true)
-	s.refusing.Store(true)
+	if first {
+		s.draining.Store(true)
+		s.refusing.Store(true)
+		go s.stop(engine, api)
+	}
+	select {
+	case <-s.allStopped:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("server: shutdown: %w; still running: %v", ctx.Err(), s.goroutines.count())
+	}
+}
+
+// stop is the stop sequence Shutdown starts once.
+func (s *Server) stop(engine *nbio.Engine, api *apiListener) {
 	if api != nil {
 		api.close()
 	}
 	if engine != nil {
 		s.conns.each(func(c *conn) { c.setDisconnect("shutdown") })
-		stopped := make(chan struct{})
-		go func() {
-			engine.Stop()
-			close(stopped)
-		}()
-		select {
-		case <-stopped:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		engine.Stop()
 	}
 	close(s.done)
-	waited := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(waited)
-	}()
-	select {
-	case <-waited:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	s.goroutines.wait()
+	close(s.allStopped)
 }
+
+// Goroutines returns how many goroutines of each kind the server runs, for
+// leak checks in tests and for debugging.
+func (s *Server) Goroutines() map[string]int { return s.goroutines.count() }
 
 // Connections returns the number of open WebSocket connections.
 func (s *Server) Connections() int { return int(s.m.conns.Load()) }
@@ -243,21 +225,6 @@ func (s *Server) Connections() int { return int(s.m.conns.Load()) }
 // jitterMS returns a random delay in milliseconds within ReconnectJitter.
 func (s *Server) jitterMS() int64 {
 	return rand.Int64N(max(1, s.cfg.ReconnectJitter.Milliseconds())) + 1
-}
-
-// maxLoad is the engine's bound on sockets: WebSocket connections plus
-// room for API requests and upgrades in flight.
-func (s *Server) maxLoad() int {
-	if s.cfg.MaxConns < 0 {
-		return nbhttp.DefaultMaxLoad
-	}
-	return s.cfg.MaxConns + 1024
-}
-
-// maxBatchBody bounds the body of one API request: 4 MiB, or four
-// messages of the maximum size when that is more.
-func (s *Server) maxBatchBody() int {
-	return max(4<<20, 4*(s.cfg.MaxMessageSize+1024))
 }
 
 func randUint64() uint64 { return rand.Uint64() }

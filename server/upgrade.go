@@ -1,50 +1,47 @@
 package server
 
 import (
+	"encoding/base64"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
-	"github.com/lesismal/nbio/nbhttp/websocket"
 	"tether/internal/proto"
+	"tether/internal/wsframe"
 )
 
-// newUpgrader returns the WebSocket upgrader with the server's callbacks.
-func (s *Server) newUpgrader() *websocket.Upgrader {
-	u := websocket.NewUpgrader()
-	u.KeepaliveTime = 0 // liveness is ours (heartbeats), not a timer per connection
-	u.HandshakeTimeout = s.cfg.HandshakeTimeout
-	u.MessageLengthLimit = s.cfg.MaxMessageSize + 1024
-	u.CheckOrigin = func(*http.Request) bool { return true } // checked before Upgrade, with a JSON error
-	u.OnMessage(s.onMessage)
-	u.OnClose(s.onClose)
-	u.SetPingHandler(func(ws *websocket.Conn, data string) {
-		if c, ok := ws.Session().(*conn); ok {
-			c.lastSeen.Store(s.clock.Load())
-		}
-		_ = ws.WriteMessage(websocket.PongMessage, []byte(data))
-	})
-	u.SetPongHandler(func(ws *websocket.Conn, _ string) {
-		if c, ok := ws.Session().(*conn); ok {
-			c.lastSeen.Store(s.clock.Load())
-		}
-	})
-	return u
-}
+// wsPath is where clients upgrade.
+const wsPath = "/ws"
 
-// upgrade handles GET /ws: admission, origin, auth, then the upgrade.
-func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
-	if s.refusing.Load() {
-		s.m.reject("draining")
-		s.refuse(w, "draining", "the node is draining: reconnect to another node")
+// upgrade answers a request for wsPath: 101 and the socket reads WebSocket
+// frames from then on, or an HTTP error with a JSON body (docs/protocol.md,
+// "Upgrade"). rest is what followed the request head in the same reads:
+// the client's first frames, which are read right after the upgrade.
+// h.mu is held.
+//
+// The checks, in order: the request is a valid WebSocket opening handshake
+// (RFC 6455 section 4.2.1: GET, HTTP/1.1, Upgrade: websocket, Connection:
+// upgrade, a Sec-WebSocket-Key of 16 bytes in base64, version 13, no body);
+// the node is not refusing (draining); the Origin is allowed; the token is
+// valid (when auth is on); the node is under MaxConns; the accept rate has
+// a token.
+func (h *httpConn) upgrade(head *requestHead, rest []byte) {
+	s := h.c.srv
+	if status, msg, hdr := checkHandshake(head); status != 0 {
+		s.m.reject("bad_request")
+		h.refuse(status, codeOfStatus(status), msg, hdr...)
 		return
 	}
+	if s.refusing.Load() {
+		s.m.reject("draining")
+		h.refuseBusy("the node is draining: reconnect to another node")
+		return
+	}
+	r := h.request(head, nil)
 	if !s.checkOrigin(r) {
 		s.m.reject("origin")
-		httpError(w, http.StatusForbidden, "forbidden", "origin not allowed")
+		h.refuse(http.StatusForbidden, proto.CodeForbidden, "origin not allowed")
 		return
 	}
 	var auth *claims
@@ -52,13 +49,13 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		tok := tokenFromRequest(r)
 		if tok == "" {
 			s.m.reject("unauthorized")
-			httpError(w, http.StatusUnauthorized, proto.CodeUnauthorized, "a token is required")
+			h.refuse(http.StatusUnauthorized, proto.CodeUnauthorized, "a token is required")
 			return
 		}
 		a, err := parseToken(s.cfg.JWTSecret, tok, time.Now())
 		if err != nil {
 			s.m.reject("unauthorized")
-			httpError(w, http.StatusUnauthorized, proto.CodeUnauthorized, err.Error())
+			h.refuse(http.StatusUnauthorized, proto.CodeUnauthorized, err.Error())
 			return
 		}
 		auth = a
@@ -66,71 +63,97 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 	if n := s.m.conns.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
 		s.m.conns.Add(-1)
 		s.m.reject("max_conns")
-		s.refuse(w, "max_conns", "the node is at capacity")
+		h.refuseBusy("the node is at capacity")
 		return
 	}
 	if !s.admit.take(time.Now()) {
 		s.m.conns.Add(-1)
 		s.m.reject("accept_rate")
-		s.refuse(w, "accept_rate", "too many new connections: retry later")
+		h.refuseBusy("too many new connections: retry later")
 		return
 	}
-	ws, err := s.upgrader.Upgrade(w, r, nil)
-	if err != nil {
-		s.m.conns.Add(-1)
-		s.m.reject("bad_request")
-		s.log.Debug("cannot upgrade", "remote", r.RemoteAddr, "err", err)
-		return
-	}
-	nc, ok := underlying(ws)
-	if !ok {
-		s.m.conns.Add(-1)
-		_ = ws.Close()
-		return
-	}
+	h.accept(head.header.Get("Sec-Websocket-Key"), auth, rest)
+}
+
+// accept completes the upgrade: the 101 answer and the welcome frame in
+// one write, before the connection is registered anywhere, so nothing
+// can be sent ahead of them; then the connection joins the server and
+// reads rest, the frames that came with the request. h.mu is held.
+func (h *httpConn) accept(key string, auth *claims, rest []byte) {
+	s, c := h.c.srv, h.c
 	id := s.nextID.Add(1)
 	now := s.clock.Load()
-	c := &conn{
-		srv:       s,
-		ws:        ws,
-		nc:        nc,
-		id:        id,
-		auth:      auth,
-		flush:     s.flushers[id%uint64(len(s.flushers))],
-		heartbeat: s.heartbeats.shardFor(id),
-		opened:    time.Now().UnixNano(),
-	}
+	c.id = id
+	c.auth = auth
+	c.flush = s.flushers[id%uint64(len(s.flushers))]
+	c.heartbeat = s.heartbeats.shardFor(id)
+	c.opened = time.Now().UnixNano()
 	if auth != nil {
 		c.expiry = auth.expiry.UnixNano()
 	}
+	c.rd.maxMessage = s.cfg.MaxMessageSize + 1024
 	c.wheelEntry.Value = c
 	c.lastSeen.Store(now)
-	ws.SetSession(c)
+
+	var b []byte
+	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	b = wsframe.AppendAcceptKey(b, []byte(key))
+	b = append(b, "\r\n\r\n"...)
+	connID := c.connID()
+	b = append(b, textFrame(func(p []byte) []byte {
+		return appendWelcome(p, s.cfg.NodeID, connID, s.cfg.PingInterval.Milliseconds())
+	})...)
+	if _, err := c.nc.Write(b); err != nil {
+		s.m.conns.Add(-1)
+		h.state = httpDone
+		return // the socket is closing: onClose ends the HTTP phase
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	h.state = httpUpgraded
+	h.buf = nil
+	s.m.handshakes.Add(-1)
 	s.conns.add(c)
 	s.m.accepted.Inc()
 	s.heartbeats.add(c, now)
-	connID := c.connID()
-	c.reply(func(b []byte) []byte {
-		return appendWelcome(b, s.cfg.NodeID, connID, s.cfg.PingInterval.Milliseconds())
-	})
-}
-
-// underlying returns the engine connection under ws.
-func underlying(ws *websocket.Conn) (*nbio.Conn, bool) {
-	switch c := ws.Conn.(type) {
-	case *nbio.Conn:
-		return c, true
-	case *nbhttp.Conn:
-		nc, ok := c.Conn.(*nbio.Conn)
-		return nc, ok
+	if len(rest) > 0 {
+		c.onWSData(rest)
 	}
-	return nil, false
+	c.http.Store(nil)
 }
 
-// refuse answers an upgrade with 503 and a jittered Retry-After, so that
-// refused clients spread their retries.
-func (s *Server) refuse(w http.ResponseWriter, reason, msg string) {
+// checkHandshake checks head against RFC 6455's opening handshake. It
+// returns 0 for a valid one, else the status to refuse it with, the message
+// and extra header fields.
+func checkHandshake(head *requestHead) (int, string, []string) {
+	switch {
+	case head.method != http.MethodGet:
+		return http.StatusMethodNotAllowed, "the WebSocket endpoint takes GET upgrade requests", []string{"Allow", "GET"}
+	case head.minor != 1:
+		return http.StatusBadRequest, "a WebSocket upgrade needs HTTP/1.1", nil
+	case !headerList(head.header, "Upgrade", "websocket"):
+		return http.StatusUpgradeRequired, "this endpoint speaks WebSocket only: send Upgrade: websocket", []string{"Upgrade", "websocket"}
+	case !head.upgrade:
+		return http.StatusBadRequest, "Connection must list upgrade", nil
+	case head.contentLength > 0:
+		return http.StatusBadRequest, "an upgrade request has no body", nil
+	}
+	if v := head.header["Sec-Websocket-Version"]; len(v) != 1 || v[0] != "13" {
+		return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13", []string{"Sec-WebSocket-Version", "13"}
+	}
+	keys := head.header["Sec-Websocket-Key"]
+	if len(keys) != 1 {
+		return http.StatusBadRequest, "exactly one Sec-WebSocket-Key is required", nil
+	}
+	if k, err := base64.StdEncoding.DecodeString(keys[0]); err != nil || len(k) != 16 {
+		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64", nil
+	}
+	return 0, "", nil
+}
+
+// refuseBusy refuses an upgrade with 503 and a jittered Retry-After, so
+// that refused clients spread their retries. h.mu is held.
+func (h *httpConn) refuseBusy(msg string) {
+	s := h.c.srv
 	retry := 1 + rand.Int64N(max(1, int64(s.cfg.ReconnectJitter/time.Second)))
-	w.Header().Set("Retry-After", strconv.FormatInt(retry, 10))
-	httpError(w, http.StatusServiceUnavailable, proto.CodeUnavailable, msg)
+	h.refuse(http.StatusServiceUnavailable, proto.CodeUnavailable, msg, "Retry-After", strconv.FormatInt(retry, 10))
 }

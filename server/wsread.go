@@ -59,7 +59,8 @@ type wsHandler interface {
 // feed is unmasked in place and delivered without a copy or allocation.
 //
 // A wsReader is not safe for concurrent use; its zero value is not usable:
-// create it with newWSReader.
+// create it with newWSReader, or set maxMessage before the first feed (a
+// conn embeds its reader to save an allocation).
 type wsReader struct {
 	// immutable after newWSReader
 	maxMessage int

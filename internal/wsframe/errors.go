@@ -63,3 +63,14 @@ func CloseCodeOf(err error) int {
 	}
 	return 0
 }
+
+// Errors returns every *Error of the package, for whoever counts them
+// (metrics labelled by Reason).
+func Errors() []*Error {
+	return []*Error{
+		ErrRSV, ErrReservedOpcode, ErrFragmentedControl, ErrControlTooLong, ErrNonMinimalLength,
+		ErrLengthTopBit, ErrUnmasked, ErrMasked,
+		ErrContinuationWithoutStart, ErrInterleaved, ErrTooBig, ErrInvalidUTF8,
+		ErrCloseLength, ErrCloseCode, ErrCloseReason,
+	}
+}
