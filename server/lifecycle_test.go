@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -421,5 +422,33 @@ func TestSubscribeToBusyChannel(t *testing.T) {
 			last++
 		}
 		c.conn.Close()
+	}
+}
+
+// TestShutdownTwice checks Shutdown's contract: a first call whose context
+// has already expired still stops everything, and a second call waits for
+// that and returns nil with no goroutine of the server left.
+func TestShutdownTwice(t *testing.T) {
+	ts := startServer(t, Config{})
+	c := mustDial(t, ts.addr)
+	c.send(map[string]any{"op": proto.OpSubscribe, "id": 1, "channel": "x"})
+	c.expect(proto.OpSubscribed)
+
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	// nil only if the stop won the race with the expired context.
+	if err := ts.Shutdown(expired); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("first Shutdown with an expired context: %v, want context.Canceled", err)
+	}
+	ctx, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("second Shutdown: %v", err)
+	}
+	if g := ts.Goroutines(); len(g) != 0 {
+		t.Fatalf("goroutines still running after Shutdown: %v", g)
+	}
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("third Shutdown: %v", err)
 	}
 }

@@ -143,11 +143,11 @@ func TestLifetimes(t *testing.T) {
 	if !strings.Contains(logs.String(), `suggested_flag="--ping-interval=1.5s"`) || !strings.Contains(logs.String(), "idle=3s") {
 		t.Fatalf("the warning does not name the timeout and the fix:\n%s", logs.String())
 	}
-	if n := metricValue(set, `tether_connection_lifetime_seconds_count{reason="close_frame"}`); n != 50 {
-		t.Fatalf("close_frame lifetimes: %v, want 50", n)
+	if n := metricValue(set, `tether_connection_lifetime_seconds_count{reason="client"}`); n != 50 {
+		t.Fatalf("client (close frame) lifetimes: %v, want 50", n)
 	}
-	if n := metricValue(set, `tether_connection_lifetime_seconds_count{reason="eof"}`); n != 17 {
-		t.Fatalf("eof lifetimes: %v, want 17", n)
+	if n := metricValue(set, `tether_connection_lifetime_seconds_count{reason="eof"}`); n != 25 {
+		t.Fatalf("eof lifetimes: %v, want 25", n)
 	}
 	l.observe(now, time.Second, time.Second, "no such reason")
 	if n := metricValue(set, `tether_connection_lifetime_seconds_count{reason="error"}`); n != 1 {

@@ -188,7 +188,9 @@ func (p *poller) acceptorLoop() {
 		defer runtime.UnlockOSThread()
 	}
 
-	p.shutdown = false
+	// tether patch 3: shutdown is not reset here. It starts false; a Stop
+	// that ran before this goroutine did has set it, and resetting it would
+	// make this loop run forever (docs/nbio-patches.md).
 	for !p.shutdown {
 		conn, err := p.listener.Accept()
 		if err == nil {
@@ -249,7 +251,9 @@ func (p *poller) readWriteLoop() {
 	}
 
 	g := p.g
-	p.shutdown = false
+	// tether patch 3: shutdown is not reset here. It starts false; a Stop
+	// that ran before this goroutine did has set it, and resetting it would
+	// make this loop run forever (docs/nbio-patches.md).
 	isOneshot := g.isOneshot
 	asyncReadEnabled := g.AsyncReadInPoller && (g.EpollMod == EPOLLET)
 	for !p.shutdown {

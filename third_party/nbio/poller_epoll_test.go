@@ -4,6 +4,7 @@
 package nbio
 
 import (
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -181,4 +182,32 @@ func testStaleEventOnReusedFd(t *testing.T, epollMod uint32) {
 	}
 	send(nPeer)
 	waitData(n, "the new conn")
+}
+
+// TestStopBeforePollersRun checks that Stop returns when it runs before the
+// listener and poller goroutines that Start launched have been scheduled.
+// Those loops used to reset their shutdown flag when they began, undoing
+// the Stop that had already set it: the acceptor then spun on the closed
+// listener and Stop waited for it forever.
+//
+// With one P, Start's goroutines cannot run before Stop, called right
+// after Start, blocks in its final wait: the window is hit every time.
+func TestStopBeforePollersRun(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for i := 0; i < 20; i++ {
+		g := NewEngine(Config{Network: "tcp", Addrs: []string{"127.0.0.1:0"}, NPoller: 1})
+		if err := g.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan struct{})
+		go func() {
+			g.Stop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("run %d: Stop did not return", i)
+		}
+	}
 }
