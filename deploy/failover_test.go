@@ -44,7 +44,7 @@ func TestKillNode(t *testing.T) {
 			dead := startNode(t, "--redis", r.URL(), "--node-id", "dead")
 			l := lb.start(t, nil, live, dead)
 			start := time.Now()
-			f := dialFleet(t, "ws://"+l.Addr()+"/ws", clients, "k", false)
+			f := dialFleet(t, "ws://"+l.Addr()+"/ws", clients, "k", nil)
 			onDead := int(dead.metric("tether_connections"))
 			t.Logf("%s: %d clients connected in %v, %d on the node to be killed",
 				lb.name, clients, time.Since(start).Round(time.Millisecond), onDead)
@@ -139,7 +139,19 @@ func TestRedisOutage(t *testing.T) {
 	b := startNode(t, "--redis", r.URL(), "--node-id", "b")
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	l := startHAProxy(t, []edit{{"global\n", "global\n    stats socket " + sock + " level admin\n"}}, a, b)
-	sub := dialFleet(t, "ws://"+l.Addr()+"/ws", 1, "outage", true)
+	var (
+		gotMu sync.Mutex
+		got   = map[int]int{} // seq → deliveries to the subscriber
+	)
+	dialFleet(t, "ws://"+l.Addr()+"/ws", 1, "outage", func(_ int, m client.Message) {
+		var d struct{ Seq int }
+		if err := json.Unmarshal(m.Data, &d); err != nil {
+			t.Errorf("bad message %s: %v", m.Data, err)
+		}
+		gotMu.Lock()
+		got[d.Seq]++
+		gotMu.Unlock()
+	})
 
 	var (
 		stop      = make(chan struct{})
@@ -239,49 +251,27 @@ func TestRedisOutage(t *testing.T) {
 	}
 
 	// Every acknowledged publish reaches the subscriber, once.
-	testutil.WaitFor(10*time.Second, func() bool {
-		got := sub.seqs(t, 0)
+	missing := func() (lost, dup int) {
+		gotMu.Lock()
+		defer gotMu.Unlock()
 		mu.Lock()
 		defer mu.Unlock()
 		for i := range acked {
 			if got[i] == 0 {
-				return false
+				lost++
 			}
 		}
-		return true
-	})
-	got := sub.seqs(t, 0)
-	mu.Lock()
-	defer mu.Unlock()
-	lost, dup := 0, 0
-	for i := range acked {
-		if got[i] == 0 {
-			lost++
+		for _, k := range got {
+			if k > 1 {
+				dup++
+			}
 		}
+		return lost, dup
 	}
-	for _, k := range got {
-		if k > 1 {
-			dup++
-		}
-	}
-	if lost != 0 || dup != 0 {
+	testutil.WaitFor(10*time.Second, func() bool { lost, _ := missing(); return lost == 0 })
+	if lost, dup := missing(); lost != 0 || dup != 0 {
 		t.Errorf("of %d acknowledged publishes, %d never arrived; %d arrived more than once", len(acked), lost, dup)
 	}
-}
-
-// seqs counts, per "seq" field, the messages client i received.
-func (f *fleet) seqs(t testing.TB, i int) map[int]int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	got := map[int]int{}
-	for _, m := range f.msgs[i] {
-		var d struct{ Seq int }
-		if err := json.Unmarshal(m.Data, &d); err != nil {
-			t.Errorf("bad message %s: %v", m.Data, err)
-		}
-		got[d.Seq]++
-	}
-	return got
 }
 
 // backendStatus returns the status (UP, DOWN…) of the backend "tether" as

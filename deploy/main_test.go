@@ -301,8 +301,7 @@ type fleet struct {
 	clients []*client.Client
 
 	mu     sync.Mutex
-	events [][]timedEvent     // per client
-	msgs   [][]client.Message // per client, when recording messages
+	events [][]timedEvent // per client
 }
 
 type timedEvent struct {
@@ -311,13 +310,12 @@ type timedEvent struct {
 }
 
 // dialFleet connects n clients to url (at most 32 dials at a time) and
-// subscribes each to channel; with keepMsgs, messages are recorded.
-func dialFleet(t testing.TB, url string, n int, channel string, keepMsgs bool) *fleet {
+// subscribes each to channel; onMsg, if not nil, is client i's handler.
+func dialFleet(t testing.TB, url string, n int, channel string, onMsg func(i int, m client.Message)) *fleet {
 	t.Helper()
 	f := &fleet{
 		clients: make([]*client.Client, n),
 		events:  make([][]timedEvent, n),
-		msgs:    make([][]client.Message, n),
 	}
 	t.Cleanup(f.close)
 	sem := make(chan struct{}, 32)
@@ -346,10 +344,8 @@ func dialFleet(t testing.TB, url string, n int, channel string, keepMsgs bool) *
 			f.clients[i] = c
 			f.mu.Unlock()
 			if _, err := c.Subscribe(channel, func(m client.Message) {
-				if keepMsgs {
-					f.mu.Lock()
-					f.msgs[i] = append(f.msgs[i], m)
-					f.mu.Unlock()
+				if onMsg != nil {
+					onMsg(i, m)
 				}
 			}); err != nil {
 				errs <- fmt.Errorf("client %d: %w", i, err)

@@ -1,0 +1,142 @@
+package deploy_test
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"tether/client"
+	"tether/internal/testutil"
+)
+
+// rollingFlagsEnv, when set, adds its flags to both nodes of
+// TestRollingRestartExactlyOnce and runs it even before tether has the
+// history window it depends on, e.g. TETHER_ROLLING_FLAGS="--history-size
+// 2000": that checks the test itself, not the defaults.
+const rollingFlagsEnv = "TETHER_ROLLING_FLAGS"
+
+// TestRollingRestartExactlyOnce restarts (SIGTERM, drain, start again) one
+// of two nodes with default flags behind the shipped haproxy.cfg while
+// 1,000 clients receive 50 messages a second on one channel, and checks
+// that every client gets every message exactly once, in order: the
+// history must cover what the drain's reconnect advice can cost.
+//
+// With default flags this depends on issue 9's item 4 (history kept by
+// time, --history-window): until the binary has that flag the test is
+// skipped.
+func TestRollingRestartExactlyOnce(t *testing.T) {
+	t.Parallel()
+	extra := strings.Fields(os.Getenv(rollingFlagsEnv))
+	if len(extra) == 0 {
+		help, _ := exec.Command(tetherBin, "-h").CombinedOutput()
+		if !strings.Contains(string(help), "-history-window") {
+			t.Skip("needs history kept by time (issue 9 item 4, --history-window): with the default " +
+				"--history-size 100, 50 msg/s outlasts the drain's 5s reconnect advice; set " +
+				rollingFlagsEnv + " to run it with other flags")
+		}
+	}
+	const clients, rate = 1000, 50
+	r := testutil.StartRedis(t)
+	stay := startNode(t, append([]string{"--redis", r.URL(), "--node-id", "stay"}, extra...)...)
+	roll := startNode(t, append([]string{"--redis", r.URL(), "--node-id", "roll"}, extra...)...)
+	l := startHAProxy(t, nil, stay, roll)
+
+	// Each client checks its own stream: offsets must follow one another.
+	type stream struct {
+		last   uint64
+		epoch  string
+		n      int
+		faults int
+	}
+	var mu sync.Mutex
+	streams := make([]stream, clients)
+	f := dialFleet(t, "ws://"+l.Addr()+"/ws", clients, "roll", func(i int, m client.Message) {
+		mu.Lock()
+		s := &streams[i]
+		if s.n > 0 && (m.Epoch != s.epoch || m.Offset != s.last+1) {
+			s.faults++
+		}
+		s.last, s.epoch = m.Offset, m.Epoch
+		s.n++
+		mu.Unlock()
+	})
+	onRoll := roll.metric("tether_connections")
+
+	var (
+		stop     = make(chan struct{})
+		pubDone  = make(chan struct{})
+		firstAck uint64
+		lastAck  uint64
+		pubFails int
+		pubStart = time.Now()
+		pubTime  time.Duration
+	)
+	go func() { // the publisher, on the node that stays
+		defer close(pubDone)
+		tick := time.NewTicker(time.Second / rate)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				off, err := stay.publish("roll", `{"k":1}`)
+				if err != nil {
+					pubFails++
+					continue
+				}
+				if firstAck == 0 {
+					firstAck = off
+				}
+				lastAck = off
+				pubTime = time.Since(pubStart)
+			}
+		}
+	}()
+
+	time.Sleep(2 * time.Second)
+	termed := time.Now()
+	roll.signal(syscall.SIGTERM, false)
+	if !roll.waitExit(60 * time.Second) {
+		t.Fatal("the node did not finish draining within 60s")
+	}
+	drained := time.Since(termed)
+	roll.start()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	<-pubDone
+	if pubFails != 0 {
+		t.Fatalf("%d publishes failed on the node that stayed", pubFails)
+	}
+
+	complete := func() (behind, faulty int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range streams {
+			if s.last != lastAck {
+				behind++
+			}
+			if s.faults != 0 {
+				faulty++
+			}
+		}
+		return behind, faulty
+	}
+	testutil.WaitFor(15*time.Second, func() bool { b, _ := complete(); return b == 0 })
+	behind, faulty := complete()
+	resyncs := f.count(client.EventResyncNeeded, termed)
+	// Under the race detector 1,000 clients in this process take the CPU
+	// the publisher needs, and the rate falls short of 50/s; history kept
+	// by time covers the advice at any rate.
+	t.Logf("rolling restart: %v clients on the restarted node, drained in %v; %d messages at %.1f/s; "+
+		"%d clients behind, %d with a gap or duplicate, %d resyncs, %d reconnects",
+		onRoll, drained.Round(time.Millisecond), lastAck-firstAck+1, float64(lastAck-firstAck)/pubTime.Seconds(),
+		behind, faulty, resyncs, f.count(client.EventConnected, termed))
+	if behind != 0 || faulty != 0 || resyncs != 0 {
+		t.Fatalf("not exactly once: %d clients behind offset %d, %d with a gap or duplicate, %d resyncs", behind, lastAck, faulty, resyncs)
+	}
+}
