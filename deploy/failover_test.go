@@ -23,8 +23,8 @@ import (
 // killBound is how soon after a node is killed every one of its clients
 // must be connected again through the load balancer. It is loose for the
 // race detector on two shared cores: there the clients' own handshakes take
-// over a second; without it, the last of 500 clients is back within 0.6s
-// (docs/load-balancers.md has the figures).
+// over a second; without it, the last of 500 clients is back within a
+// second (docs/load-balancers.md has the figures).
 const killBound = 8 * time.Second
 
 // TestKillNode kills -9 one of two nodes behind each shipped config while
