@@ -25,6 +25,9 @@
 //	connection (conn.mu)
 //	flusher queue (flusher.mu)
 //
+// lifetimes.mu (the idle-cut detector) is a leaf: it is taken with none of
+// these held, and nothing is called under it.
+//
 // No lock is held while calling into nbio except conn.mu-free paths: the
 // flusher writes with no lock of ours held.
 //
