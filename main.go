@@ -73,6 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&c.ClientMsgRate, "client-msg-rate", 50, "max frames per second per client; over it an error, then close 4029; -1 = no bound")
 	fs.IntVar(&c.ClientMsgBurst, "client-msg-burst", 0, "burst of --client-msg-rate; 0 = twice the rate")
 	fs.IntVar(&o.busCfg.HistorySize, "history-size", 100, "messages kept per channel for recovery; -1 = none")
+	fs.DurationVar(&o.busCfg.HistoryWindow, "history-window", 30*time.Second, "also keep every message younger than this, beyond --history-size (continuity across a drain: ≥ 2 × (--reconnect-jitter + max Retry-After)); 0 = 30s, negative = by count only")
+	fs.IntVar(&o.busCfg.HistoryMaxBytes, "history-max-bytes", 1<<20, "per-channel cap on the data bytes --history-window keeps (the last --history-size messages are kept regardless); 0 = 1 MiB, -1 = by count only")
 	fs.DurationVar(&o.busCfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long a channel's history outlives its last publish")
 	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "server ping interval (keep well inside load balancer idle timeouts)")
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", 10*time.Second, "a connection silent for ping-interval + pong-timeout is closed (4008)")

@@ -170,10 +170,31 @@ func (b *Bus) Stats() Stats { return b.be.stats() }
 func (b *Bus) Close() error { return b.be.close() }
 
 // Config bounds a bus's history. It is shared by all implementations.
+//
+// A channel's history keeps its last HistorySize messages whatever their
+// age and size, and beyond them every message younger than HistoryWindow,
+// as long as the messages kept hold at most HistoryMaxBytes of data. The
+// window is what gives continuity across a drain: clients told to wait up
+// to the reconnect advice before coming back find what they missed, however
+// busy the channel, up to the byte cap.
 type Config struct {
-	// HistorySize is the number of messages kept per channel.
-	// If zero, 100 is used; negative keeps no history.
+	// HistorySize is the number of messages kept per channel whatever
+	// their age. If zero, 100 is used; negative keeps no history at all
+	// (HistoryWindow is then ignored).
 	HistorySize int
+	// HistoryWindow is how long a message is kept beyond HistorySize.
+	// If zero, 30 seconds is used (twice the longest reconnect advice at
+	// the server's default --reconnect-jitter of 5 s, which also bounds
+	// Retry-After: 2 × (5 s + 5 s) = 20 s, rounded up); negative keeps
+	// by count only.
+	HistoryWindow time.Duration
+	// HistoryMaxBytes bounds the data bytes of one channel's history when
+	// it keeps messages beyond HistorySize for HistoryWindow; the last
+	// HistorySize messages are kept even when they hold more. If zero,
+	// 1 MiB is used; negative keeps by count only. (The Redis bus trims in
+	// steps of a sixteenth of the window or of this cap, so it may hold up
+	// to a step more.)
+	HistoryMaxBytes int
 	// HistoryTTL is how long a channel's history outlives its last
 	// publish. If zero, 5 minutes is used.
 	HistoryTTL time.Duration
@@ -185,6 +206,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HistorySize < 0 {
 		c.HistorySize = 0
+	}
+	if c.HistoryWindow == 0 {
+		c.HistoryWindow = 30 * time.Second
+	}
+	if c.HistoryMaxBytes == 0 {
+		c.HistoryMaxBytes = 1 << 20
+	}
+	if c.HistorySize == 0 || c.HistoryWindow < 0 || c.HistoryMaxBytes < 0 {
+		c.HistoryWindow, c.HistoryMaxBytes = 0, 0
 	}
 	if c.HistoryTTL <= 0 {
 		c.HistoryTTL = 5 * time.Minute

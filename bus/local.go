@@ -14,12 +14,18 @@ import (
 // live in this process's memory; a channel's state is freed once nobody is
 // interested in it and its history has expired.
 func NewLocal(cfg Config) *Bus {
+	return &Bus{be: newLocal(cfg, time.Now)}
+}
+
+// newLocal returns the in-process backend, reading the time from now.
+func newLocal(cfg Config, now func() time.Time) *local {
 	l := &local{
 		cfg:  cfg.withDefaults(),
 		seed: maphash.MakeSeed(),
 		done: make(chan struct{}),
-		now:  time.Now,
+		now:  now,
 	}
+	l.retain = l.cfg.retention()
 	for i := range l.shards {
 		l.shards[i].channels = make(map[string]*localChannel)
 	}
@@ -32,13 +38,14 @@ func NewLocal(cfg Config) *Bus {
 	}
 	l.wg.Add(1)
 	go l.sweepLoop(interval)
-	return &Bus{be: l}
+	return l
 }
 
 type local struct {
-	cfg  Config           // immutable after NewLocal
-	now  func() time.Time // immutable after NewLocal
-	seed maphash.Seed     // immutable after NewLocal
+	cfg    Config           // immutable after NewLocal
+	retain retention        // immutable after NewLocal
+	now    func() time.Time // immutable after NewLocal
+	seed   maphash.Seed     // immutable after NewLocal
 
 	handler Handler // set before the first publish
 
@@ -63,15 +70,12 @@ type localShard struct {
 // localChannel is one channel's stream. Lock order: localShard.mu, then
 // localChannel.mu; the handler is called with localChannel.mu held.
 type localChannel struct {
-	mu        sync.Mutex
-	epoch     string
-	offset    uint64    // offset of the last message
-	hist      []Message // ring buffer of the last len(hist) messages
-	head      int       // index of the oldest message in hist when full
-	n         int       // messages in hist
-	lastPub   time.Time
-	interest  int // guarded by localShard.mu
-	histLimit int
+	mu       sync.Mutex
+	epoch    string
+	offset   uint64   // offset of the last message
+	hist     msgQueue // the messages kept (Config), ending at offset
+	lastPub  time.Time
+	interest int // guarded by localShard.mu
 }
 
 func newEpoch() string {
@@ -91,7 +95,7 @@ func (l *local) shard(channel string) *localShard {
 func (l *local) channelLocked(sh *localShard, channel string, create bool) *localChannel {
 	ch := sh.channels[channel]
 	if ch == nil && create {
-		ch = &localChannel{epoch: newEpoch(), histLimit: l.cfg.HistorySize, lastPub: l.now()}
+		ch = &localChannel{epoch: newEpoch(), lastPub: l.now()}
 		sh.channels[channel] = ch
 		sh.peak = max(sh.peak, len(sh.channels))
 	}
@@ -112,8 +116,8 @@ func (l *local) publish(pubs []Publication, done func([]Position, error)) {
 		sh.mu.Unlock()
 		ch.offset++
 		m := Message{Channel: p.Channel, Offset: ch.offset, Epoch: ch.epoch, Data: p.Data}
-		ch.appendLocked(m)
 		ch.lastPub = l.now()
+		ch.hist.push(m, ch.lastPub.UnixNano(), l.retain)
 		pos[i] = Position{Offset: m.Offset, Epoch: m.Epoch}
 		if h := l.handler.OnMessage; h != nil {
 			h(m)
@@ -121,29 +125,6 @@ func (l *local) publish(pubs []Publication, done func([]Position, error)) {
 		ch.mu.Unlock()
 	}
 	done(pos, nil)
-}
-
-// appendLocked adds m to the history ring. ch.mu must be held.
-func (ch *localChannel) appendLocked(m Message) {
-	if ch.histLimit <= 0 {
-		return
-	}
-	if ch.n < ch.histLimit {
-		ch.hist = append(ch.hist, m)
-		ch.n++
-		return
-	}
-	ch.hist[ch.head] = m
-	ch.head = (ch.head + 1) % ch.histLimit
-}
-
-// oldestLocked returns the offset of the oldest message in history, or 0
-// when history is empty. ch.mu must be held.
-func (ch *localChannel) oldestLocked() uint64 {
-	if ch.n == 0 {
-		return 0
-	}
-	return ch.hist[ch.head].Offset
 }
 
 func (l *local) subscribe(channel string) {
@@ -178,28 +159,7 @@ func (l *local) history(ctx context.Context, channel string, since *Position) (H
 	ch.mu.Lock()
 	sh.mu.Unlock()
 	defer ch.mu.Unlock()
-	h := History{Top: Position{Offset: ch.offset, Epoch: ch.epoch}}
-	if since == nil {
-		return h, nil
-	}
-	if since.Epoch != ch.epoch || since.Offset > ch.offset {
-		return h, nil
-	}
-	if since.Offset == ch.offset {
-		h.Recovered = true
-		return h, nil
-	}
-	if oldest := ch.oldestLocked(); oldest == 0 || oldest > since.Offset+1 {
-		return h, nil
-	}
-	missed := int(ch.offset - since.Offset)
-	h.Messages = make([]Message, 0, missed)
-	start := ch.n - missed
-	for i := start; i < ch.n; i++ {
-		h.Messages = append(h.Messages, ch.hist[(ch.head+i)%len(ch.hist)])
-	}
-	h.Recovered = true
-	return h, nil
+	return historyAfter(ch.hist.msgs, Position{Offset: ch.offset, Epoch: ch.epoch}, since), nil
 }
 
 func (l *local) sweepLoop(interval time.Duration) {
@@ -229,8 +189,8 @@ func (l *local) sweep() {
 			if ch.lastPub.Before(cutoff) {
 				if ch.interest == 0 {
 					delete(sh.channels, name)
-				} else if ch.n > 0 {
-					ch.hist, ch.n, ch.head = nil, 0, 0
+				} else {
+					ch.hist = msgQueue{}
 				}
 			}
 			ch.mu.Unlock()

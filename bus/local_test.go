@@ -123,7 +123,7 @@ func TestLocalOffsetsPerChannel(t *testing.T) {
 
 func TestLocalHistory(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	b := newLocalForTest(t, Config{HistorySize: 5, HistoryTTL: time.Minute})
+	b := newLocalForTest(t, Config{HistorySize: 5, HistoryWindow: -1, HistoryTTL: time.Minute})
 	var top Position
 	for i := 1; i <= 12; i++ {
 		top = mustPublishLocal(t, b, "h", strconv.Itoa(i))

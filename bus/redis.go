@@ -116,12 +116,15 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 		histScript: redis.NewScript(historyScript),
 		ttlMillis:  strconv.FormatInt(cfg.HistoryTTL.Milliseconds(), 10),
 		histSize:   strconv.Itoa(cfg.HistorySize),
-		chans:      make(map[string]*redisChannel),
-		links:      make(map[string]*link),
-		queueWake:  make(chan struct{}, 1),
-		repairWake: make(chan struct{}, 1),
-		routeWake:  make(chan struct{}, 1),
-		done:       make(chan struct{}),
+		// A window under a millisecond is none.
+		windowMillis: strconv.FormatInt(cfg.HistoryWindow.Milliseconds(), 10),
+		maxBytes:     strconv.Itoa(cfg.HistoryMaxBytes),
+		chans:        make(map[string]*redisChannel),
+		links:        make(map[string]*link),
+		queueWake:    make(chan struct{}, 1),
+		repairWake:   make(chan struct{}, 1),
+		routeWake:    make(chan struct{}, 1),
+		done:         make(chan struct{}),
 	}
 	if b.cfg.HistoryTTL.Milliseconds() < 1 {
 		b.ttlMillis = "1"
@@ -192,20 +195,22 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 // repairMu are leaves.
 type redisBus struct {
 	// Immutable after NewRedis.
-	cfg        RedisConfig
-	log        *slog.Logger
-	client     redis.UniversalClient
-	cluster    *redis.ClusterClient // nil in standalone mode
-	publishCmd string               // PUBLISH or SPUBLISH
-	pubScript  *redis.Script
-	histScript *redis.Script
-	ttlMillis  string
-	histSize   string
-	m          redisMetrics
-	ctx        context.Context // canceled by close
-	cancel     context.CancelFunc
-	done       chan struct{} // closed by close
-	wg         sync.WaitGroup
+	cfg          RedisConfig
+	log          *slog.Logger
+	client       redis.UniversalClient
+	cluster      *redis.ClusterClient // nil in standalone mode
+	publishCmd   string               // PUBLISH or SPUBLISH
+	pubScript    *redis.Script
+	histScript   *redis.Script
+	ttlMillis    string
+	histSize     string
+	windowMillis string
+	maxBytes     string
+	m            redisMetrics
+	ctx          context.Context // canceled by close
+	cancel       context.CancelFunc
+	done         chan struct{} // closed by close
+	wg           sync.WaitGroup
 
 	handler  atomic.Pointer[Handler]
 	healthy  atomic.Bool // Redis answered the last command or ping

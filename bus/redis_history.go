@@ -13,7 +13,6 @@ import (
 // historyCmd queues one history script call on pipe: the position and the
 // messages after since, or, with full, the position and every message held.
 func (b *redisBus) historyCmd(ctx context.Context, pipe redis.Pipeliner, base string, since *Position, full bool, epoch string) *redis.Cmd {
-	meta, hist := channelKeys(base)
 	sinceOff, sinceEpoch := "", ""
 	switch {
 	case full:
@@ -21,7 +20,7 @@ func (b *redisBus) historyCmd(ctx context.Context, pipe redis.Pipeliner, base st
 	case since != nil:
 		sinceOff, sinceEpoch = strconv.FormatUint(since.Offset, 10), since.Epoch
 	}
-	return pipe.EvalSha(ctx, b.histScript.Hash(), []string{meta, hist}, sinceOff, sinceEpoch, epoch, b.ttlMillis)
+	return pipe.EvalSha(ctx, b.histScript.Hash(), channelKeys(base), sinceOff, sinceEpoch, epoch, b.ttlMillis)
 }
 
 func isNoScript(err error) bool {

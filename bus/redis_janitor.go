@@ -39,8 +39,7 @@ func (b *redisBus) keepalive() {
 	b.mu.Lock()
 	keys := make([]string, 0, len(b.chans))
 	for _, c := range b.chans {
-		meta, _ := channelKeys(c.pubsubChannel)
-		keys = append(keys, meta)
+		keys = append(keys, channelKeys(c.pubsubChannel)[0])
 	}
 	b.mu.Unlock()
 	ttl := b.cfg.HistoryTTL

@@ -126,9 +126,8 @@ func (b *redisBus) flush(batch []pubReq) {
 	for _, r := range batch {
 		for _, p := range r.pubs {
 			base := pubsubName(b.cfg.KeyPrefix, p.Channel)
-			meta, hist := channelKeys(base)
-			cmds = append(cmds, pipe.EvalSha(ctx, b.pubScript.Hash(), []string{meta, hist},
-				p.Data, b.histSize, b.ttlMillis, epoch, base, b.publishCmd))
+			cmds = append(cmds, pipe.EvalSha(ctx, b.pubScript.Hash(), channelKeys(base),
+				p.Data, b.histSize, b.ttlMillis, epoch, base, b.publishCmd, b.windowMillis, b.maxBytes))
 		}
 	}
 	_, err := pipe.Exec(ctx)

@@ -89,7 +89,7 @@ func (b *redisBus) offerLocked(c *redisChannel, m Message) (gap bool) {
 	if h := b.handlers().OnMessage; h != nil {
 		h(m)
 	}
-	c.win.record(m, b.cfg.HistorySize)
+	c.win.record(m, b.cfg.retention())
 	return false
 }
 
@@ -243,7 +243,7 @@ func (b *redisBus) applyRepair(c *redisChannel, since *Position, h History, full
 		c.win.filling = false
 		// After the repair below, so that the messages it delivers are
 		// recorded first.
-		defer func() { c.win.fill(*full, Position{Offset: c.last, Epoch: c.epoch}, b.cfg.HistorySize) }()
+		defer func() { c.win.fill(*full, Position{Offset: c.last, Epoch: c.epoch}, b.cfg.retention()) }()
 	}
 	switch {
 	case !c.known:

@@ -61,6 +61,7 @@ func TestRedisStormCommands(t *testing.T) {
 	r := testutil.StartRedis(t)
 	cfg := testConfig(r.URL())
 	cfg.HistorySize = 30
+	cfg.HistoryWindow = -1       // so that a since can be older than history
 	cfg.HistoryTTL = time.Minute // no TTL keepalive during the test
 	pub := newTestNode(t, cfg)
 	const subscribers = 5000

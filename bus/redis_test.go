@@ -220,6 +220,7 @@ func TestRedisHistoryRecovery(t *testing.T) {
 	r := testutil.StartRedis(t)
 	cfg := testConfig(r.URL())
 	cfg.HistorySize = 5
+	cfg.HistoryWindow = -1
 	n := newTestNode(t, cfg)
 	top := n.subscribe(t, "c").Top
 	if top.Offset != 0 || top.Epoch == "" {
@@ -340,8 +341,8 @@ func TestRedisKeysHaveTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := r.Keys(t, "*")
-	if len(keys) != 5 {
-		t.Fatalf("keys %v, want meta+history of a and b, meta of c", keys)
+	if len(keys) != 7 {
+		t.Fatalf("keys %v, want meta+history+checkpoints of a and b, meta of c", keys)
 	}
 	for _, k := range keys {
 		if ttl, _ := r.Do(t, "PTTL", k).(int64); ttl <= 0 {
@@ -674,7 +675,7 @@ func TestRedisClusterSlotMigration(t *testing.T) {
 	dst.Do(t, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID)
 	src.Do(t, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID)
 	keys, _ := src.Do(t, "CLUSTER", "GETKEYSINSLOT", slot, 100).([]any)
-	if len(keys) != 2 {
+	if len(keys) != 3 {
 		t.Fatalf("keys in slot %d: %v", slot, keys)
 	}
 	host, port, _ := strings.Cut(dst.Addr(), ":")

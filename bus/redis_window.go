@@ -19,14 +19,14 @@ const windowIdle = time.Minute
 // full history read (LRANGE of the whole list, in the repair loop) supplies
 // what came before. It is dropped once no History used it for windowIdle.
 //
-// Invariant (redisChannel.mu held): msgs have consecutive offsets in
+// Invariant (redisChannel.mu held): q holds consecutive offsets in
 // redisChannel.epoch and, when not empty, the last one is redisChannel.last.
 // Whatever moves last or epoch without delivering a message calls reset.
-// Elements of msgs are never written after they are appended: History
-// answers share them.
+// It is trimmed like the history in Redis (Config), by the time the node
+// received each message.
 type window struct {
-	recording bool      // delivered messages are appended to msgs
-	msgs      []Message // see the invariant
+	recording bool      // delivered messages are appended to q
+	q         msgQueue  // see the invariant
 	floor     uint64    // when > 0: a full read found no message below this offset in epoch
 	want      bool      // a waiting History needs a full read
 	filling   bool      // a full read is in flight
@@ -36,7 +36,7 @@ type window struct {
 // reset forgets the messages held, because the channel's position moved
 // without a delivery (new epoch, unrecoverable gap, baseline read).
 func (w *window) reset() {
-	w.msgs, w.floor = nil, 0
+	w.q, w.floor = msgQueue{}, 0
 }
 
 // drop stops recording and frees the messages.
@@ -44,27 +44,22 @@ func (w *window) drop() {
 	*w = window{}
 }
 
-// record appends the message the channel just delivered and trims the
-// window to limit messages.
-func (w *window) record(m Message, limit int) {
-	if !w.recording {
-		return
-	}
-	w.msgs = append(w.msgs, m)
-	if n := len(w.msgs) - max(limit, 0); n > 0 {
-		w.msgs = w.msgs[n:]
+// record appends the message the channel just delivered.
+func (w *window) record(m Message, r retention) {
+	if w.recording {
+		w.q.push(m, time.Now().UnixNano(), r)
 	}
 }
 
 // fill joins what a full read found (full: every message Redis held, ending
 // at full.Top) to the messages recorded since the read was issued, for a
 // channel whose last delivered position is last.
-func (w *window) fill(full History, last Position, limit int) {
+func (w *window) fill(full History, last Position, r retention) {
 	if full.Top.Epoch != last.Epoch {
 		return
 	}
 	w.floor = full.Top.Offset - uint64(len(full.Messages)) + 1
-	start := last.Offset + 1 - uint64(len(w.msgs)) // first recorded offset
+	start := last.Offset + 1 - uint64(len(w.q.msgs)) // first recorded offset
 	if start > full.Top.Offset+1 {
 		return // not contiguous: keep what was recorded
 	}
@@ -74,31 +69,9 @@ func (w *window) fill(full History, last Position, limit int) {
 		cut := keep[n-1].Offset - start + 1
 		keep = keep[:n-min(n, cut)]
 	}
-	msgs := make([]Message, 0, len(keep)+len(w.msgs))
-	msgs = append(append(msgs, keep...), w.msgs...)
-	if n := len(msgs) - max(limit, 0); n > 0 {
-		msgs = msgs[n:]
-	}
-	w.msgs = msgs
-}
-
-// historyAfter answers a History for since from msgs, consecutive messages
-// ending at top. Recovered is false when msgs do not reach back to since.
-// The returned messages share msgs' array.
-func historyAfter(msgs []Message, top Position, since *Position) History {
-	h := History{Top: top}
-	if since == nil || since.Epoch != top.Epoch || since.Offset > top.Offset {
-		return h
-	}
-	n := top.Offset - since.Offset
-	if n > uint64(len(msgs)) {
-		return h
-	}
-	h.Recovered = true
-	if n > 0 {
-		h.Messages = msgs[len(msgs)-int(n) : len(msgs) : len(msgs)]
-	}
-	return h
+	msgs := make([]Message, 0, len(keep)+len(w.q.msgs))
+	msgs = append(append(msgs, keep...), w.q.msgs...)
+	w.q.replace(msgs, time.Now().UnixNano(), r)
 }
 
 // serveLocked answers History for since from the node's own state, and
@@ -117,7 +90,7 @@ func (c *redisChannel) serveLocked(since *Position) (History, bool) {
 		return History{Top: top, Recovered: true}, true
 	}
 	c.win.used = time.Now()
-	if h := historyAfter(c.win.msgs, top, since); h.Recovered {
+	if h := historyAfter(c.win.q.msgs, top, since); h.Recovered {
 		return h, true
 	}
 	if c.win.floor > 0 && since.Offset+1 < c.win.floor {

@@ -8,11 +8,17 @@ import (
 // Redis key layout. For tether channel C and key prefix P ("tether:"):
 //
 //	P{C}     the pub/sub (or sharded pub/sub) channel
-//	P{C}:m   hash {e: epoch, o: offset of the last message}, TTL HistoryTTL
-//	P{C}:h   list of the last HistorySize message payloads, newest first,
+//	P{C}:m   hash {e: epoch, o: offset of the last message, b: data bytes
+//	         published in this epoch, ct/cb: time and b of the newest
+//	         checkpoint}, TTL HistoryTTL
+//	P{C}:h   list of the message payloads kept (Config), newest first,
 //	         TTL HistoryTTL
+//	P{C}:t   list of checkpoints "<offset> <ms> <b before it>", newest
+//	         first, one per sixteenth of HistoryWindow or of
+//	         HistoryMaxBytes, by which the publish script trims :h by
+//	         time and bytes; TTL HistoryTTL
 //
-// The braces make C the hash tag, so in a Redis Cluster all three live in
+// The braces make C the hash tag, so in a Redis Cluster all four live in
 // the slot of C and one script can touch them together. A message's offset
 // is not stored in the list: the entry at index i has offset o-i, which
 // holds because offsets grow by one and the list is deleted whenever a new
@@ -23,10 +29,10 @@ func pubsubName(prefix, channel string) string {
 	return prefix + "{" + channel + "}"
 }
 
-// channelKeys returns the meta and history keys of the channel whose
-// pub/sub channel is base.
-func channelKeys(base string) (meta, hist string) {
-	return base + ":m", base + ":h"
+// channelKeys returns the meta, history and checkpoint keys of the channel
+// whose pub/sub channel is base.
+func channelKeys(base string) []string {
+	return []string{base + ":m", base + ":h", base + ":t"}
 }
 
 // channelOf returns the tether channel of pub/sub channel name, or false
@@ -136,22 +142,35 @@ func crc16(s string) uint16 {
 }
 
 // publishScript assigns the channel's next offset, appends the message to
-// the history, refreshes both keys' TTL and publishes, atomically. When the
-// meta key is missing (first publish, expiry, or Redis lost its data) it
-// starts a new epoch (ARGV[4], random per batch) at offset 1 and drops any
-// stale history. Returns {offset, epoch}.
+// the history, trims it, refreshes the keys' TTL and publishes, atomically.
+// When the meta key is missing (first publish, expiry, or Redis lost its
+// data) it starts a new epoch (ARGV[4], random per batch) at offset 1 and
+// drops any stale history. Returns {offset, epoch}.
 //
-// KEYS: meta, hist. ARGV: data, history size, TTL in ms, candidate epoch,
-// pub/sub channel, publish command (PUBLISH or SPUBLISH).
+// Trimming keeps the last ARGV[2] messages, and with a window (ARGV[7] ms
+// > 0) also every message younger than the window while the messages kept
+// hold at most ARGV[8] data bytes. Message times are not stored: a
+// checkpoint (offset, Redis TIME, bytes published before it) is pushed to
+// the checkpoint list at most every sixteenth of the window or of the cap,
+// and only then is the history trimmed, at the newest checkpoint at or
+// before now - window (keeping everything younger), or at the oldest from
+// which the data fits the cap, whichever is newer. Checkpoints older than
+// that are never needed again (time and bytes only grow).
+//
+// KEYS: meta, hist, checkpoints. ARGV: data, history size, TTL in ms,
+// candidate epoch, pub/sub channel, publish command (PUBLISH or SPUBLISH),
+// window in ms (0: by count only), byte cap.
 const publishScript = `
-local e = redis.call('HGET', KEYS[1], 'e')
+local m = redis.call('HMGET', KEYS[1], 'e', 'ct', 'cb')
+local e = m[1]
 local o
 if e then
   o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 else
   e = ARGV[4]
   o = 1
-  redis.call('DEL', KEYS[2])
+  m = {}
+  redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'e', e, 'o', 1)
 end
 local ttl = tonumber(ARGV[3])
@@ -159,7 +178,39 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 local n = tonumber(ARGV[2])
 if n > 0 then
   redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('LTRIM', KEYS[2], 0, n - 1)
+  local win = tonumber(ARGV[7])
+  if win <= 0 then
+    redis.call('LTRIM', KEYS[2], 0, n - 1)
+  else
+    local cap = tonumber(ARGV[8])
+    local b = redis.call('HINCRBY', KEYS[1], 'b', #ARGV[1])
+    local before = b - #ARGV[1]
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if not m[2] or now - tonumber(m[2]) >= win / 16 or b - tonumber(m[3]) >= cap / 16 then
+      redis.call('HSET', KEYS[1], 'ct', now, 'cb', before)
+      redis.call('LPUSH', KEYS[3], string.format('%d %d %d', o, now, before))
+      local cps = redis.call('LRANGE', KEYS[3], 0, -1)
+      local from, last = nil, 1
+      for i = 1, #cps do
+        local _, _, coff, cms, cb = string.find(cps[i], '^(%d+) (%d+) (%d+)$')
+        if not coff or b - tonumber(cb) > cap then
+          break
+        end
+        from, last = tonumber(coff), i
+        if tonumber(cms) <= now - win then
+          break
+        end
+      end
+      local keep = n
+      if from and o - from + 1 > keep then
+        keep = o - from + 1
+      end
+      redis.call('LTRIM', KEYS[2], 0, keep - 1)
+      redis.call('LTRIM', KEYS[3], 0, last - 1)
+      redis.call('PEXPIRE', KEYS[3], ttl)
+    end
+  end
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 redis.call(ARGV[6], ARGV[5], e .. ' ' .. string.format('%d', o) .. ' ' .. ARGV[1])
@@ -173,7 +224,7 @@ return {o, e}
 // {top, epoch, recovered (0/1), {data newest first…}}. With since "*" it
 // returns every message held, as {top, epoch, 1, {data newest first…}}.
 //
-// KEYS: meta, hist. ARGV: since offset ("" for none, "*" for all), since
+// KEYS: meta, hist, checkpoints. ARGV: since offset ("" for none, "*" for all), since
 // epoch, candidate epoch, TTL in ms.
 const historyScript = `
 local m = redis.call('HMGET', KEYS[1], 'e', 'o')
@@ -181,7 +232,7 @@ local e, top = m[1], tonumber(m[2])
 if not e then
   e = ARGV[3]
   top = 0
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 end
