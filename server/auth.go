@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -27,9 +28,42 @@ type jwtClaims struct {
 	Publish  []string `json:"publish"`
 }
 
+// UnmarshalJSON decodes the claims, refusing a time claim (exp, nbf, iat)
+// that is not a JSON number: the jwt package would read "exp":"123" (a
+// string) as a number, and RFC 7519 says a NumericDate is a number.
+func (c *jwtClaims) UnmarshalJSON(b []byte) error {
+	var times struct {
+		Exp json.RawMessage `json:"exp"`
+		Nbf json.RawMessage `json:"nbf"`
+		Iat json.RawMessage `json:"iat"`
+	}
+	if err := json.Unmarshal(b, &times); err != nil {
+		return err
+	}
+	for _, t := range []json.RawMessage{times.Exp, times.Nbf, times.Iat} {
+		if len(t) > 0 && t[0] != '-' && (t[0] < '0' || t[0] > '9') {
+			return errors.New("a time claim (exp, nbf, iat) is not a number")
+		}
+	}
+	type plain jwtClaims // without this method
+	return json.Unmarshal(b, (*plain)(c))
+}
+
+// maxTokenLen bounds a token's length, checked before it is decoded, so a
+// forged multi-megabyte token costs nothing but the bytes of its request
+// head (which MaxHeaderBytes bounds anyway).
+const maxTokenLen = 8 << 10
+
 // parseToken verifies an HS256 token locally (no backend call, so a
-// reconnect storm costs no database queries).
+// reconnect storm costs no database queries). Refused: a token over
+// maxTokenLen bytes, any algorithm but HS256, a bad signature, a missing or
+// non-numeric exp (a string "exp" is refused, not read as a number), an
+// expired token (or one not yet valid by nbf), a missing sub, and glob
+// patterns over 255 bytes.
 func parseToken(secret []byte, token string, now time.Time) (*claims, error) {
+	if len(token) > maxTokenLen {
+		return nil, fmt.Errorf("cannot verify token: longer than %d bytes", maxTokenLen)
+	}
 	var jc jwtClaims
 	p := jwt.NewParser(
 		jwt.WithValidMethods([]string{"HS256"}),
@@ -57,7 +91,9 @@ func parseToken(secret []byte, token string, now time.Time) (*claims, error) {
 }
 
 // tokenFromRequest returns the token from the query (token=) or the
-// Authorization header.
+// Authorization header. When both carry one, the query's wins: browsers
+// cannot set headers on a WebSocket, so the query is the one the client
+// chose for this connection (docs/protocol.md).
 func tokenFromRequest(r *http.Request) string {
 	if t := r.URL.Query().Get("token"); t != "" {
 		return t

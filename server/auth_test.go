@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,70 @@ func TestGlob(t *testing.T) {
 		if got := globMatch(c.p, c.s); got != c.ok {
 			t.Errorf("globMatch(%q, %q) = %v", c.p, c.s, got)
 		}
+	}
+}
+
+// TestParseTokenRefuses checks the token rules that are not signature
+// checks: a string exp (or nbf, iat), a token over maxTokenLen, a missing
+// sub, a missing exp.
+func TestParseTokenRefuses(t *testing.T) {
+	now := time.Now()
+	exp := now.Add(time.Hour).Unix()
+	for _, tc := range []struct {
+		name   string
+		token  string
+		accept bool
+	}{
+		{"valid", makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": exp}), true},
+		{"exp as a string", makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": strconv.FormatInt(exp, 10)}), false},
+		{"nbf as a string", makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": exp, "nbf": "1"}), false},
+		{"iat as a string", makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": exp, "iat": "1"}), false},
+		{"no exp", makeJWT(testSecret, "HS256", map[string]any{"sub": "u"}), false},
+		{"no sub", makeJWT(testSecret, "HS256", map[string]any{"exp": exp}), false},
+		{"alg none", makeJWT(testSecret, "none", map[string]any{"sub": "u", "exp": exp}), false},
+		{"over 8 KiB", makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": exp, "pad": strings.Repeat("x", maxTokenLen)}), false},
+	} {
+		_, err := parseToken(testSecret, tc.token, now)
+		if (err == nil) != tc.accept {
+			t.Errorf("%s: err = %v, accepted = %v, want accepted = %v", tc.name, err, err == nil, tc.accept)
+		}
+	}
+}
+
+// FuzzParseToken feeds arbitrary claims, signed with the right secret, to
+// parseToken: no panic, and an accepted token has a sub and an expiry in
+// the future.
+func FuzzParseToken(f *testing.F) {
+	f.Add([]byte(`{"sub":"u","exp":9999999999,"channels":["a.*"],"publish":["b"]}`))
+	f.Add([]byte(`{"sub":"u","exp":"9999999999"}`))
+	f.Add([]byte(`{"sub":"","exp":1}`))
+	f.Add([]byte(`{"sub":"u","exp":9999999999,"nbf":-1,"iat":1e3}`))
+	f.Add([]byte(`[]`))
+	now := time.Unix(1_800_000_000, 0)
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		enc := base64.RawURLEncoding
+		head := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + enc.EncodeToString(payload)
+		mac := hmac.New(sha256.New, testSecret)
+		mac.Write([]byte(head))
+		c, err := parseToken(testSecret, head+"."+enc.EncodeToString(mac.Sum(nil)), now)
+		if err != nil {
+			return
+		}
+		if c.sub == "" || !c.expiry.After(now) {
+			t.Fatalf("accepted claims %+v from %q", c, payload)
+		}
+	})
+}
+
+// TestUpgradeTokenQueryWins checks the documented precedence: a token in
+// the query is used even when an Authorization header carries another.
+func TestUpgradeTokenQueryWins(t *testing.T) {
+	exp := time.Now().Add(time.Hour).Unix()
+	good := makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": exp})
+	bad := makeJWT([]byte("other"), "HS256", map[string]any{"sub": "u", "exp": exp})
+	r, _ := http.NewRequest("GET", "/ws?token="+good, nil)
+	r.Header.Set("Authorization", "Bearer "+bad)
+	if got := tokenFromRequest(r); got != good {
+		t.Fatalf("token = %q, want the query's", got)
 	}
 }
