@@ -153,42 +153,10 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "cannot read body")
 		return
 	}
-	var req apiPublishRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body")
+	pubs, batch, aerr := decodePublishRequest(body, s.cfg.MaxMessageSize)
+	if aerr != nil {
+		s.apiError(w, aerr.status, aerr.code, aerr.msg)
 		return
-	}
-	batch := req.Messages != nil
-	msgs := req.Messages
-	if !batch {
-		msgs = []apiMessage{req.apiMessage}
-	} else if req.Channel != "" || req.Data != nil {
-		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "give either channel+data or messages, not both")
-		return
-	}
-	if len(msgs) == 0 {
-		s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "messages is empty")
-		return
-	}
-	if len(msgs) > maxBatch {
-		s.apiError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "more than 1000 messages in one batch")
-		return
-	}
-	pubs := make([]bus.Publication, len(msgs))
-	for i, m := range msgs {
-		if perr := checkChannel(m.Channel); perr != nil {
-			s.apiError(w, http.StatusBadRequest, perr.code, perr.msg+" (message "+strconv.Itoa(i)+")")
-			return
-		}
-		if len(m.Data) == 0 {
-			s.apiError(w, http.StatusBadRequest, proto.CodeBadRequest, "missing data (message "+strconv.Itoa(i)+")")
-			return
-		}
-		if len(m.Data) > s.cfg.MaxMessageSize {
-			s.apiError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "data larger than the max message size (message "+strconv.Itoa(i)+")")
-			return
-		}
-		pubs[i] = bus.Publication{Channel: m.Channel, Data: compactJSON(m.Data)}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
@@ -232,6 +200,51 @@ func (s *Server) apiDeniedMessage() string {
 		return "without an API key the API answers only loopback callers"
 	}
 	return "a valid API key is required"
+}
+
+// apiRequestError is an API request refused for its body.
+type apiRequestError struct {
+	status    int
+	code, msg string
+}
+
+// decodePublishRequest decodes and checks the body of POST /api/publish:
+// either {"channel","data"} or {"messages":[…]} with 1 to maxBatch
+// messages, each with a valid channel and data of at most maxMessage
+// bytes. It returns the publications (data compacted) and whether the
+// request was a batch.
+func decodePublishRequest(body []byte, maxMessage int) ([]bus.Publication, bool, *apiRequestError) {
+	var req apiPublishRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, false, &apiRequestError{http.StatusBadRequest, proto.CodeBadRequest, "malformed JSON body"}
+	}
+	batch := req.Messages != nil
+	msgs := req.Messages
+	if !batch {
+		msgs = []apiMessage{req.apiMessage}
+	} else if req.Channel != "" || req.Data != nil {
+		return nil, batch, &apiRequestError{http.StatusBadRequest, proto.CodeBadRequest, "give either channel+data or messages, not both"}
+	}
+	if len(msgs) == 0 {
+		return nil, batch, &apiRequestError{http.StatusBadRequest, proto.CodeBadRequest, "messages is empty"}
+	}
+	if len(msgs) > maxBatch {
+		return nil, batch, &apiRequestError{http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "more than 1000 messages in one batch"}
+	}
+	pubs := make([]bus.Publication, len(msgs))
+	for i, m := range msgs {
+		if perr := checkChannel(m.Channel); perr != nil {
+			return nil, batch, &apiRequestError{http.StatusBadRequest, perr.code, perr.msg + " (message " + strconv.Itoa(i) + ")"}
+		}
+		if len(m.Data) == 0 {
+			return nil, batch, &apiRequestError{http.StatusBadRequest, proto.CodeBadRequest, "missing data (message " + strconv.Itoa(i) + ")"}
+		}
+		if len(m.Data) > maxMessage {
+			return nil, batch, &apiRequestError{http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "data larger than the max message size (message " + strconv.Itoa(i) + ")"}
+		}
+		pubs[i] = bus.Publication{Channel: m.Channel, Data: compactJSON(m.Data)}
+	}
+	return pubs, batch, nil
 }
 
 func (s *Server) apiError(w http.ResponseWriter, status int, code, msg string) {
