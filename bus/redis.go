@@ -410,6 +410,8 @@ type redisMetrics struct {
 	gapLost         *metrics.Counter
 	errPublish      *metrics.Counter
 	errHistory      *metrics.Counter
+	historyNode     *metrics.Counter
+	historyRedis    *metrics.Counter
 	errSubscribe    *metrics.Counter
 	errRepair       *metrics.Counter
 	errDecode       *metrics.Counter
@@ -433,6 +435,8 @@ func newRedisMetrics(set *metrics.Set, b *redisBus) redisMetrics {
 		gapLost:         set.NewCounter("tether_bus_gap_unrecoverable_total"),
 		errPublish:      set.NewCounter(`tether_bus_errors_total{op="publish"}`),
 		errHistory:      set.NewCounter(`tether_bus_errors_total{op="history"}`),
+		historyNode:     set.NewCounter(`tether_bus_history_answers_total{from="node"}`),
+		historyRedis:    set.NewCounter(`tether_bus_history_answers_total{from="redis"}`),
 		errSubscribe:    set.NewCounter(`tether_bus_errors_total{op="subscribe"}`),
 		errRepair:       set.NewCounter(`tether_bus_errors_total{op="repair"}`),
 		errDecode:       set.NewCounter(`tether_bus_errors_total{op="decode"}`),

@@ -85,6 +85,7 @@ func (b *redisBus) history(ctx context.Context, channel string, since *Position)
 			return History{}, unavailable("read history of "+strconv.Quote(channel), err)
 		}
 		if served {
+			b.m.historyNode.Inc()
 			return h, nil
 		}
 	}
@@ -97,6 +98,7 @@ func (b *redisBus) history(ctx context.Context, channel string, since *Position)
 		}
 		return History{}, unavailable("read history of "+strconv.Quote(channel), err)
 	}
+	b.m.historyRedis.Inc()
 	return h, nil
 }
 

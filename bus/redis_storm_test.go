@@ -132,6 +132,10 @@ func TestRedisStormCommands(t *testing.T) {
 			total := total1 + total2 - pubTotal
 			t.Logf("%d subscribes: %d redis commands (first wave and a publish %v, second wave %v; a publish costs %d: %v)",
 				subscribers, total, by1, by2, pubTotal, pubBy)
+			// The warm-up's History is the node's too.
+			if node, direct := n.counter(`tether_bus_history_answers_total{from="node"}`), n.counter(`tether_bus_history_answers_total{from="redis"}`); node != subscribers+1 || direct != 0 {
+				t.Errorf("history answers: %d from the node, %d from redis; want %d and 0", node, direct, subscribers+1)
+			}
 			if total > 10 {
 				t.Fatalf("%d subscribes cost %d redis commands, want at most 10", subscribers, total)
 			}
