@@ -62,6 +62,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	c := &o.cfg
 	fs.StringVar(&c.Listen, "listen", ":8080", "TCP address for WebSocket (/ws) and HTTP")
 	fs.StringVar(&c.APIListen, "api-listen", "", "private TCP address for /api/, /metrics, /healthz, /readyz; when set, --listen serves only /ws and /")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain: --listen serves https and wss:// (TLS 1.2+); reloaded on SIGHUP")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&c.NodeID, "node-id", "", "node name in welcome frames and metrics (default: host name + random suffix)")
 	fs.IntVar(&c.MaxConns, "max-conns", 0, "max concurrent connections; 0 = the file limit minus a 1/64 reserve (128…4096), -1 = no bound")
 	fs.Float64Var(&c.AcceptRate, "accept-rate", 10000, "max upgrades per second (token bucket); over it 503 + jittered Retry-After; -1 = no bound")
@@ -195,6 +197,9 @@ func run(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	sdNotify(log, "READY=1\nSTATUS=serving on "+srv.Addr().String())
+	if o.cfg.TLSCert != "" {
+		go reloadOnHUP(ctx, srv, log)
+	}
 
 	<-ctx.Done()
 	stop() // a second signal now kills the process the default way…
@@ -223,6 +228,25 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("drained and stopped")
 	return exitOK
+}
+
+// reloadOnHUP reads the TLS certificate again on every SIGHUP until ctx
+// ends. Open connections keep their session; new handshakes get the new
+// certificate. A bad file is logged and the old certificate kept.
+func reloadOnHUP(ctx context.Context, srv *server.Server, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := srv.ReloadTLS(); err != nil {
+				log.Error("cannot reload the TLS certificate; keeping the old one", "err", err)
+			}
+		}
+	}
 }
 
 func newBus(ctx context.Context, o *options, log *slog.Logger, set *metrics.Set) (*bus.Bus, error) {

@@ -7,6 +7,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
@@ -101,7 +102,10 @@ func startBrowser(t testing.TB) *webDriver {
 			"binary": chromium,
 			"args": []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 				"--disable-background-networking", "--disable-component-update", "--disable-sync",
-				"--disable-dev-shm-usage", "--user-data-dir=" + profile, "--window-size=800,840"},
+				"--disable-dev-shm-usage", "--user-data-dir=" + profile, "--window-size=800,840",
+				// The wss subtest's node has a certificate from a CA made
+				// for the test, which this profile cannot be told to trust.
+				"--ignore-certificate-errors"},
 		},
 	}}}
 	var sess struct {
@@ -262,6 +266,33 @@ func TestBrowser(t *testing.T) {
 	t.Run("demo", func(t *testing.T) { browserDemo(t, wd) })
 	t.Run("recovery", func(t *testing.T) { jsRecoveryScenario(t, startInBrowser(wd)) })
 	t.Run("watchdog", func(t *testing.T) { jsWatchdogScenario(t, startInBrowser(wd)) })
+	t.Run("wss", func(t *testing.T) { browserTLS(t, wd) })
+}
+
+// browserTLS loads the demo page over https from a node with --tls-cert:
+// the page connects with wss:// and receives what the Go client publishes
+// over wss:// too.
+func browserTLS(t *testing.T, wd *webDriver) {
+	ca := testutil.NewCA(t)
+	srv := startServer(t, server.Config{NodeID: "node-tls", TLSCert: ca.CertFile, TLSKey: ca.KeyFile}, newBus(t))
+	wd.navigate(t, "https://"+srv.Addr().String()+"/")
+	testutil.Eventually(t, 10*time.Second, func() bool { return wd.text(t, "#state") == "connected" }, "demo page to connect over wss")
+	wd.typeInto(t, "#channel", "tls.m1")
+	wd.click(t, "#sub-btn")
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#sub-info") == "Subscribed to tls.m1." }, "subscription")
+	pub := dial(t, "wss://"+srv.Addr().String()+"/ws", client.Options{TLSConfig: &tls.Config{RootCAs: ca.Pool}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := pub.Publish(ctx, "tls.m1", json.RawMessage(`{"over":"wss"}`)); err == nil {
+		t.Fatal("an open node without --allow-client-publish accepted a client publish")
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}).Post(
+		"https://"+srv.Addr().String()+"/api/publish", "application/json", strings.NewReader(`{"channel":"tls.m1","data":{"over":"wss"}}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("publish over https: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#count") == "1" }, "the message on the page")
 }
 
 // browserDemo uses the demo page as a person would: it subscribes to a

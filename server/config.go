@@ -22,6 +22,11 @@ type Config struct {
 	// then serves only /ws and StaticFS, so a load balancer in front of it
 	// cannot expose them. If empty, Listen serves everything.
 	APIListen string
+	// TLSCert and TLSKey, if set, are PEM files of the certificate chain
+	// and its key: Listen then serves HTTPS and wss:// (TLS 1.2 or later).
+	// Both or neither. Server.ReloadTLS reads them again.
+	TLSCert string
+	TLSKey  string
 	// NodeID names this node in welcome frames and metrics.
 	// If empty, the host name plus a random suffix is used.
 	NodeID string
@@ -210,6 +215,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxConnBuffer < c.MaxMessageSize+4096 {
 		return c, fmt.Errorf("%w: max conn buffer (%d) must exceed max message size (%d) by 4 KiB", ErrInvalidConfig, c.MaxConnBuffer, c.MaxMessageSize)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return c, fmt.Errorf("%w: a TLS certificate needs its key and a key its certificate", ErrInvalidConfig)
 	}
 	return c, nil
 }

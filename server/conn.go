@@ -19,8 +19,9 @@ type conn struct {
 	auth      *claims // nil on an open server
 	flush     *flusher
 	heartbeat *heartbeatShard
-	expiry    int64 // token expiry, unix nanos; 0 = none
-	opened    int64 // when the upgrade completed, unix nanos
+	expiry    int64    // token expiry, unix nanos; 0 = none
+	opened    int64    // when the upgrade completed, unix nanos
+	tls       *tlsConn // nil without TLS; set in onOpen
 
 	// http reads the socket's requests until the upgrade, then is nil
 	// (engine.go).

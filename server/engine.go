@@ -51,6 +51,9 @@ func (s *Server) onOpen(nc *nbio.Conn) {
 	}
 	c := &conn{srv: s, nc: nc}
 	c.http.Store(&httpConn{c: c})
+	if s.tlsConfig != nil {
+		c.tls = s.newTLSConn(c)
+	}
 	nc.SetSession(c)
 	_ = nc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 }
@@ -75,6 +78,16 @@ func (s *Server) onData(nc *nbio.Conn, data []byte) {
 	if !ok {
 		return
 	}
+	if c.tls != nil {
+		c.tls.onData(data)
+		return
+	}
+	c.onPlain(data)
+}
+
+// onPlain handles bytes from the client (decrypted, with TLS): requests
+// before the upgrade, frames after it.
+func (c *conn) onPlain(data []byte) {
 	if h := c.http.Load(); h != nil {
 		h.onData(data)
 		return
@@ -82,11 +95,24 @@ func (s *Server) onData(nc *nbio.Conn, data []byte) {
 	c.onWSData(data)
 }
 
+// write writes b to the socket, through TLS when the connection has it.
+// It does not block: what the socket does not take at once waits in the
+// engine's write buffer.
+func (c *conn) write(b []byte) (int, error) {
+	if c.tls != nil {
+		return c.tls.tc.Write(b)
+	}
+	return c.nc.Write(b)
+}
+
 // onEngineClose runs once for every socket nbio closes, for any reason.
 func (s *Server) onEngineClose(nc *nbio.Conn, err error) {
 	c, ok := nc.Session().(*conn)
 	if !ok {
 		return
+	}
+	if c.tls != nil {
+		c.tls.onClose()
 	}
 	if h := c.http.Load(); h != nil && h.onClose() {
 		return

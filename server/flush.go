@@ -92,7 +92,7 @@ func (f *flusher) flush(c *conn) {
 	for i := 0; i < len(bufs) && err == nil; {
 		f.srv.m.socketWrites.Inc()
 		if i == len(bufs)-1 || len(bufs[i]) >= maxCoalesce {
-			_, err = c.nc.Write(bufs[i])
+			_, err = c.write(bufs[i])
 			i++
 			continue
 		}
@@ -101,7 +101,7 @@ func (f *flusher) flush(c *conn) {
 			b = append(b, bufs[i]...)
 		}
 		f.buf = b
-		_, err = c.nc.Write(b)
+		_, err = c.write(b)
 		f.srv.m.coalescedWrites.Inc()
 	}
 	clear(bufs)

@@ -253,7 +253,7 @@ func (h *httpConn) answered(w *responseWriter, r *http.Request) {
 	if h.state != httpBusy {
 		return // the socket closed meanwhile
 	}
-	_, _ = h.c.nc.Write(w.appendTo(nil, r.Method == http.MethodHead, r.Close))
+	_, _ = h.c.write(w.appendTo(nil, r.Method == http.MethodHead, r.Close))
 	if r.Close {
 		h.linger()
 		return
@@ -274,7 +274,7 @@ func (h *httpConn) refuse(status int, code, msg string, hdr ...string) {
 		w.header.Set(hdr[i], hdr[i+1])
 	}
 	httpError(w, status, code, msg)
-	_, _ = h.c.nc.Write(w.appendTo(nil, false, true))
+	_, _ = h.c.write(w.appendTo(nil, false, true))
 	h.linger()
 }
 

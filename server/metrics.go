@@ -26,18 +26,19 @@ type serverMetrics struct {
 	httpRejects   map[string]*metrics.Counter
 	frameErrors   map[string]*metrics.Counter
 
-	published         *metrics.Counter
-	fannedOut         *metrics.Counter
-	delivered         *metrics.Counter
-	deliveredBytes    *metrics.Counter
-	fanoutDuration    *metrics.Histogram
-	heartbeatTimeouts *metrics.Counter
-	slowConsumers     *metrics.Counter
-	coalescedWrites   *metrics.Counter
-	socketWrites      *metrics.Counter
-	recovered         *metrics.Counter
-	notRecovered      *metrics.Counter
-	apiErrors         *metrics.Counter
+	published          *metrics.Counter
+	fannedOut          *metrics.Counter
+	delivered          *metrics.Counter
+	deliveredBytes     *metrics.Counter
+	fanoutDuration     *metrics.Histogram
+	heartbeatTimeouts  *metrics.Counter
+	slowConsumers      *metrics.Counter
+	coalescedWrites    *metrics.Counter
+	socketWrites       *metrics.Counter
+	recovered          *metrics.Counter
+	notRecovered       *metrics.Counter
+	apiErrors          *metrics.Counter
+	tlsHandshakeErrors *metrics.Counter
 }
 
 var (
@@ -90,6 +91,7 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	m.recovered = set.NewCounter(`tether_recoveries_total{result="recovered"}`)
 	m.notRecovered = set.NewCounter(`tether_recoveries_total{result="not_recovered"}`)
 	m.apiErrors = set.NewCounter("tether_api_errors_total")
+	m.tlsHandshakeErrors = set.NewCounter("tether_tls_handshake_errors_total")
 	return m
 }
 

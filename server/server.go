@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,7 +32,10 @@ type Server struct {
 	flushers   []*flusher
 	heartbeats *heartbeats
 	handler    http.Handler // the public listener's, for requests other than the upgrade
-	apiHandler http.Handler // the private listener's (Config.APIListen)
+	tlsConfig  *tls.Config  // nil without Config.TLSCert
+
+	cert       atomic.Pointer[tls.Certificate] // the TLS certificate of new handshakes (tls.go)
+	apiHandler http.Handler                    // the private listener's (Config.APIListen)
 
 	fanoutJobs  chan fanoutJob
 	scratchPool sync.Pool // *fanoutScratch
@@ -104,6 +108,14 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 	s.syncPool.New = func() any { return new(fanoutSync) }
 	s.heartbeats = newHeartbeats(s, 4*runtime.GOMAXPROCS(0))
 	s.handler, s.apiHandler = s.routes()
+	if cfg.TLSCert != "" {
+		cert, err := loadCertificate(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		}
+		s.cert.Store(cert)
+		s.tlsConfig = newTLSConfig(&s.cert)
+	}
 
 	b.SetHandler(bus.Handler{OnMessage: s.onBusMessage, OnGap: s.onBusGap})
 	return s, nil

@@ -103,7 +103,7 @@ func (h *httpConn) accept(key string, auth *claims, rest []byte) {
 	b = append(b, textFrame(func(p []byte) []byte {
 		return appendWelcome(p, s.cfg.NodeID, connID, s.cfg.PingInterval.Milliseconds())
 	})...)
-	if _, err := c.nc.Write(b); err != nil {
+	if _, err := c.write(b); err != nil {
 		s.m.conns.Add(-1)
 		h.state = httpDone
 		return // the socket is closing: onClose ends the HTTP phase
