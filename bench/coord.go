@@ -244,7 +244,11 @@ func newCoordinator(o *options, subscribe bool) (*coordinator, error) {
 		if o.scenario == "churn" {
 			cfg.Retries = 1 << 20 // until the phase deadline
 		}
-		if o.scenario != "broadcast" && o.scenario != "throughput" {
+		if o.scenario == "soak" {
+			cfg.Soak, cfg.Retries = true, 1<<20
+			cfg.PhaseNS = int64(o.soak.duration + 10*time.Minute)
+		}
+		if o.scenario != "broadcast" && o.scenario != "throughput" && o.scenario != "soak" {
 			cfg.Messages = 0 // nothing is published: no bitsets
 		}
 		first += count

@@ -56,7 +56,6 @@ func (p *pool) dialLoop() {
 // the attempt releases when it ends.
 func (p *pool) dial(cs *connState, ph *phaseState) {
 	gi := p.cfg.First + int(cs.idx)
-	tg := &p.targets[gi%len(p.targets)]
 	cs.mu.Lock()
 	if cs.state != stIdle {
 		cs.mu.Unlock()
@@ -70,6 +69,11 @@ func (p *pool) dial(cs *connState, ph *phaseState) {
 	if cs.attempts < 255 {
 		cs.attempts++
 	}
+	ti := gi
+	if p.cfg.Soak {
+		ti += int(cs.attempts) - 1 // a node that is down: try the next
+	}
+	tg := &p.targets[ti%len(p.targets)]
 	cs.tDial = time.Now().UnixNano()
 	cs.mu.Unlock()
 	p.mu.Lock()

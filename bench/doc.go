@@ -6,7 +6,11 @@
 // deliveries per second and server CPU per million deliveries) and churn
 // (a reconnect storm: time until all clients are back, 503 refusals, and
 // /healthz latency meanwhile). Every scenario takes several --url values to
-// measure a cluster.
+// measure a cluster. The soak starts its own redis-server and nodes (it
+// restarts them) and runs for minutes: continuous churn with recovery
+// (since), publishes through the API, exactly-once counted against the
+// acknowledged publishes, and the nodes' memory, goroutines and descriptors
+// sampled and plotted.
 //
 // The coordinator (Main) starts worker processes from its own binary
 // (`tether bench worker`, hidden) so that the connections can exceed one
@@ -43,6 +47,10 @@
 //	| latency histograms (Hist)                             | hist.go        |
 //	| the JSON result and the text report                   | report.go      |
 //	| the HTML report                                       | html.go        |
+//	| soak: the run, its faults and samples                 | soak.go        |
+//	| soak: the redis-server and nodes it owns              | soakproc.go    |
+//	| soak: a pool's churn, since, acknowledged accounting  | soakpool.go    |
+//	| soak: its result, checks, rows and plots              | soakreport.go  |
 //	| source-port binding, open-file limit, CPU usage       | sys_linux.go   |
 //
 // The WebSocket framing is internal/wsframe's and the protocol vocabulary

@@ -63,6 +63,9 @@ svg{background:#fff;border:1px solid #ddd;margin:.5em 0}
 		b.WriteString("<h2>Connections up (blue) and failed attempts (orange) over time</h2>\n")
 		b.WriteString(lineSVG(xs, up, errs, "s since start", "connections", "failed attempts"))
 	}
+	if r.Soak != nil {
+		writeSoakHTML(&b, r.Soak)
+	}
 	b.WriteString("</body></html>\n")
 	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("cannot write HTML report: %w", err)
@@ -174,13 +177,7 @@ func lineSVG(xs, ys, ys2 []float64, xlabel, ylabel, y2label string) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg width="%d" height="%d" viewBox="0 0 %d %d" xmlns="http://www.w3.org/2000/svg">`, svgW, svgH, svgW, svgH)
-	for i := 0; i <= 4; i++ {
-		y := padT + ph - float64(i)/4*ph
-		fmt.Fprintf(&b, `<line class="grid" x1="%d" y1="%.1f" x2="%.1f" y2="%.1f"/>`, padL, y, padL+pw, y)
-		fmt.Fprintf(&b, `<text class="lbl" x="%d" y="%.1f" text-anchor="end">%s</text>`, padL-5, y+4, shortNum(ymax*float64(i)/4))
-		x := padL + float64(i)/4*pw
-		fmt.Fprintf(&b, `<text class="lbl" x="%.1f" y="%.1f" text-anchor="middle">%.1f</text>`, x, padT+ph+15, xmax*float64(i)/4)
-	}
+	writeGrid(&b, xmax, ymax, "%.1f")
 	series := func(ys []float64, class string) {
 		b.WriteString(`<polyline class="` + class + `" points="`)
 		for i := range xs {
@@ -202,6 +199,19 @@ func lineSVG(xs, ys, ys2 []float64, xlabel, ylabel, y2label string) string {
 	fmt.Fprintf(&b, `<text class="lbl" x="12" y="%.1f" transform="rotate(-90 12 %.1f)" text-anchor="middle">%s</text>`, padT+ph/2, padT+ph/2, html.EscapeString(label))
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// writeGrid draws the horizontal grid lines with their y labels and the x
+// labels (formatted with xfmt) of a plot over [0,xmax]×[0,ymax].
+func writeGrid(b *strings.Builder, xmax, ymax float64, xfmt string) {
+	pw, ph := float64(svgW-padL-padR), float64(svgH-padT-padB)
+	for i := 0; i <= 4; i++ {
+		y := padT + ph - float64(i)/4*ph
+		fmt.Fprintf(b, `<line class="grid" x1="%d" y1="%.1f" x2="%.1f" y2="%.1f"/>`, padL, y, padL+pw, y)
+		fmt.Fprintf(b, `<text class="lbl" x="%d" y="%.1f" text-anchor="end">%s</text>`, padL-5, y+4, shortNum(ymax*float64(i)/4))
+		x := padL + float64(i)/4*pw
+		fmt.Fprintf(b, `<text class="lbl" x="%.1f" y="%.1f" text-anchor="middle">`+xfmt+`</text>`, x, padT+ph+15, xmax*float64(i)/4)
+	}
 }
 
 func shortNum(v float64) string {

@@ -49,10 +49,17 @@ type frameInfo struct {
 	// in the "data" object of a message; hasT/hasS tell whether present.
 	t, s       int64
 	hasT, hasS bool
+	// offset, epoch and recovered are the top-level position fields of
+	// message, subscribed and resync frames; epoch aliases the input.
+	offset    int64
+	hasOffset bool
+	epoch     []byte
+	recovered bool
 }
 
-// parseFrame scans one tether JSON frame: the top-level "op" and, inside a
-// top-level "data" object, the integer fields "t" and "s". It walks the
+// parseFrame scans one tether JSON frame: the top-level "op", "offset",
+// "epoch" and "recovered" and, inside a top-level "data" object, the integer
+// fields "t" and "s". It walks the
 // JSON structure (so look-alike bytes inside strings are not matched),
 // allocates nothing, and returns ok == false for input that is not one JSON
 // object.
@@ -76,6 +83,24 @@ func parseFrame(b []byte) (fi frameInfo, ok bool) {
 			if b[v] == '{' {
 				return walkDataObject(b, v, &fi)
 			}
+		case "offset":
+			n, end, isInt := scanInt(b, v)
+			if end < 0 {
+				return -1
+			}
+			fi.offset, fi.hasOffset = n, isInt
+			return end
+		case "epoch":
+			if b[v] == '"' {
+				end := scanString(b, v)
+				if end < 0 {
+					return -1
+				}
+				fi.epoch = b[v+1 : end-1]
+				return end
+			}
+		case "recovered":
+			fi.recovered = b[v] == 't'
 		}
 		return skipValue(b, v)
 	})

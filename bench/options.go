@@ -33,6 +33,7 @@ var scenarios = []struct{ name, help string }{
 	{"broadcast", "publish --messages at --rate to N subscribers; report delivery latency, missing and duplicates"},
 	{"throughput", "publish as fast as the API accepts; report sustained deliveries/s and server CPU per million"},
 	{"churn", "drop and reconnect N clients at once (or at --rate); report time until all are back and /healthz latency"},
+	{"soak", "start Redis and --nodes nodes, churn N clients with recovery for --duration while publishing, restart Redis and a node; check exactly-once and flat memory"},
 }
 
 // node is one tether node under test.
@@ -72,6 +73,7 @@ type options struct {
 	inProcess      bool
 	progress       bool
 	stdout, stderr io.Writer
+	soak           soakOptions
 }
 
 // listFlag collects repeated and comma-separated values.
@@ -128,9 +130,13 @@ func parseOptions(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.Var(&urls, "url", "node `URL` (ws://host:port[/ws] or host:port); repeat or comma-separate for several nodes (default ws://127.0.0.1:8080/ws)")
 	fs.StringVar(&o.apiKey, "api-key", os.Getenv("TETHER_API_KEY"), "API `key` for /api/publish and /metrics (default $TETHER_API_KEY)")
 	fs.StringVar(&o.token, "token", "", "`JWT` sent with every WebSocket upgrade")
-	fs.IntVar(&o.conns, "n", 1000, "number of client connections")
-	fs.IntVar(&o.conns, "conns", 1000, "same as -n")
-	fs.IntVar(&o.channels, "channels", 1, "spread subscribers over `K` channels (messages are published to each)")
+	defConns, defChannels := 1000, 1
+	if o.scenario == "soak" {
+		defConns, defChannels = 15000, 1000
+	}
+	fs.IntVar(&o.conns, "n", defConns, "number of client connections")
+	fs.IntVar(&o.conns, "conns", defConns, "same as -n")
+	fs.IntVar(&o.channels, "channels", defChannels, "spread subscribers over `K` channels (messages are published to each)")
 	fs.IntVar(&o.messages, "messages", 100, "messages published per channel (broadcast, throughput)")
 	fs.Float64Var(&o.rate, "rate", 0, "broadcast: publishes per second (default 100); churn: reconnects per second (default 0: all at once)")
 	fs.IntVar(&o.payload, "payload", 0, "padding `bytes` added to each message")
@@ -149,11 +155,20 @@ func parseOptions(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.jsonFile, "json", "", "write the result as JSON to `file`")
 	fs.StringVar(&o.htmlFile, "html", "", "write a self-contained HTML report to `file`")
 	fs.BoolVar(&o.inProcess, "in-process", false, "run the workers as goroutines of this process (debugging)")
+	if o.scenario == "soak" {
+		o.soak.flags(fs)
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: %w", fs.Arg(0), errBadConfig)
+	}
+	if o.scenario == "soak" {
+		if err := o.soak.check(o, len(urls)); err != nil {
+			return nil, err
+		}
+		urls = listFlag{"ws://127.0.0.1:1/ws"} // the soak's own nodes, on loopback
 	}
 	if len(urls) == 0 {
 		urls = listFlag{"ws://127.0.0.1:8080/ws"}

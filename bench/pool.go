@@ -65,6 +65,10 @@ type connState struct {
 	dups       uint32
 	unexpected uint32
 	closeCode  uint16 // close code the server sent, 0 if none
+
+	// Soak mode: the channel position last processed, sent as since on
+	// resubscribe, and whether the server said it could not recover.
+	pos soakPos
 }
 
 // shard holds delivery counters for one poller, to avoid contended cache
@@ -90,6 +94,7 @@ type phaseState struct {
 	start    time.Time
 	ticket   atomic.Int64
 	dropIdle bool // drop a connection right before redialing it (churn)
+	closed   bool // done is closed (a soak reopens connections after)
 }
 
 // pool is a worker's set of connections. cfg through conns' identity are
@@ -121,6 +126,8 @@ type pool struct {
 	mu    sync.Mutex // guards phase and drops
 	phase *phaseState
 	drops map[string]uint64 // connections lost after being up, by reason
+
+	soak soakState // soak mode only
 }
 
 // newPool builds a pool and starts its engine and dialers.
@@ -150,6 +157,7 @@ func newPool(cfg poolConfig) (*pool, error) {
 		shards:  make([]shard, cfg.Pollers),
 		drops:   map[string]uint64{},
 	}
+	p.soak.init()
 	if p.timeout <= 0 {
 		p.timeout = 10 * time.Second
 	}
@@ -176,6 +184,7 @@ func newPool(cfg poolConfig) (*pool, error) {
 		cs.p = p
 		cs.idx = int32(i)
 		cs.seen = slab[i*words : (i+1)*words : (i+1)*words]
+		cs.pos.lastS = -1
 	}
 	for i := range p.shards {
 		p.shards[i].timeline = make([]atomic.Uint64, timelineCap)
@@ -202,6 +211,7 @@ func newPool(cfg poolConfig) (*pool, error) {
 
 // close stops the dialers and the engine, closing every connection.
 func (p *pool) close() {
+	p.stopChurn()
 	close(p.stop)
 	p.dialers.Wait()
 	p.eng.Stop()
@@ -250,6 +260,7 @@ func (p *pool) startPhase(rate float64, drop bool) <-chan struct{} {
 	ph.pending = len(todo)
 	p.phase = ph
 	if ph.pending == 0 {
+		ph.closed = true
 		close(ph.done)
 	}
 	p.mu.Unlock()
@@ -366,7 +377,8 @@ func (p *pool) deliveries() deliveryStats {
 // endOneLocked counts one connection as settled in ph. p.mu held on entry.
 func (p *pool) endOneLocked(ph *phaseState) {
 	ph.pending--
-	if ph.pending == 0 {
+	if ph.pending == 0 && !ph.closed {
+		ph.closed = true
 		close(ph.done)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -28,6 +29,7 @@ type publisher struct {
 	chanPre  string
 	channels int
 	pad      string
+	acked    *ackedBits // if not nil, acknowledged messages are marked (soak)
 
 	api      Hist // request latency, ns
 	requests atomic.Int64
@@ -114,6 +116,9 @@ func (pb *publisher) do(ctx context.Context, job publishJob, buf []byte) []byte 
 		switch {
 		case resp.StatusCode == http.StatusOK:
 			pb.okMsgs.Add(int64(job.count))
+			if pb.acked != nil {
+				pb.acked.set(job.first, job.count)
+			}
 			return buf
 		case (resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests) && attempt < 20:
 			pb.note("http_" + strconv.Itoa(resp.StatusCode))
@@ -198,29 +203,39 @@ type serverSample struct {
 
 // scrape reads the process figures of a node's /metrics.
 func scrape(client *http.Client, api, apiKey string) serverSample {
-	req, err := http.NewRequest(http.MethodGet, api+"/metrics", nil)
+	var s serverSample
+	err := readMetrics(client, api, apiKey, func(r io.Reader) { s = parseMetrics(r) })
 	if err != nil {
 		return serverSample{Error: err.Error()}
+	}
+	return s
+}
+
+// readMetrics GETs api's /metrics and hands the body to parse.
+func readMetrics(client *http.Client, api, apiKey string, parse func(io.Reader)) error {
+	req, err := http.NewRequest(http.MethodGet, api+"/metrics", nil)
+	if err != nil {
+		return err
 	}
 	if apiKey != "" {
 		req.Header.Set("Authorization", "Bearer "+apiKey)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return serverSample{Error: err.Error()}
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		return serverSample{Error: "status " + resp.Status}
+		return errors.New("status " + resp.Status)
 	}
-	return parseMetrics(resp.Body)
+	parse(resp.Body)
+	return nil
 }
 
-// parseMetrics picks the process figures out of Prometheus text.
-func parseMetrics(r io.Reader) serverSample {
-	var s serverSample
-	found := 0
+// eachMetric calls fn for every sample line of Prometheus text: the name
+// with its labels, and the value.
+func eachMetric(r io.Reader, fn func(name string, v float64)) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -232,26 +247,33 @@ func parseMetrics(r io.Reader) serverSample {
 		if !ok {
 			continue
 		}
+		val, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
+		if v, err := strconv.ParseFloat(val, 64); err == nil {
+			fn(name, v)
+		}
+	}
+}
+
+// parseMetrics picks the process figures out of Prometheus text.
+func parseMetrics(r io.Reader) serverSample {
+	var s serverSample
+	found := 0
+	eachMetric(r, func(name string, v float64) {
 		if i := strings.IndexByte(name, '{'); i >= 0 {
 			name = name[:i]
 		}
-		var dst *float64
 		switch name {
 		case "process_resident_memory_bytes":
-			dst = &s.RSS
+			s.RSS = v
 		case "process_cpu_seconds_total":
-			dst = &s.CPU
+			s.CPU = v
 		case "go_memstats_heap_inuse_bytes":
-			dst = &s.Heap
+			s.Heap = v
 		default:
-			continue
+			return
 		}
-		val, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
-		if v, err := strconv.ParseFloat(val, 64); err == nil {
-			*dst = v
-			found++
-		}
-	}
+		found++
+	})
 	s.OK = found >= 2 && s.RSS > 0
 	if !s.OK && s.Error == "" {
 		s.Error = "process metrics not found"

@@ -33,12 +33,18 @@ func (p *pool) onClose(c *nbio.Conn, err error) {
 		cs.c = nil
 		cs.state = stDone
 		reason := closeReason(cs.closeCode, err)
+		if p.cfg.Soak {
+			cs.state = stIdle
+		}
 		cs.mu.Unlock()
 		p.upNow.Add(-1)
 		p.dropped.Add(1)
 		p.mu.Lock()
 		p.drops[reason]++
 		p.mu.Unlock()
+		if p.cfg.Soak {
+			p.requeue(cs, retryDelay(-1, 0))
+		}
 		return
 	case stHandshake, stOpen, stSubscribing:
 		gen := cs.gen
@@ -254,7 +260,14 @@ func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, la
 	}
 	switch fi.op {
 	case opMessage:
-		return p.deliverLocked(cs, sh, fi, now)
+		if fi.hasOffset {
+			cs.pos.offset = fi.offset
+		}
+		n := p.deliverLocked(cs, sh, fi, now)
+		if n > 0 && p.cfg.Soak {
+			cs.pos.delivered(fi.s)
+		}
+		return n
 	case opPing:
 		p.pingsAnswered.Add(1)
 		later.out = wsframe.AppendMaskedFrame(later.out, wsframe.OpText, true, []byte(`{"op":"pong"}`), cs.maskKey())
@@ -262,6 +275,9 @@ func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, la
 		if cs.state == stOpen && p.cfg.Subscribe {
 			ch := p.cfg.ChanPrefix + strconv.Itoa((p.cfg.First+int(cs.idx))%p.cfg.Channels)
 			sub := `{"op":"subscribe","channel":"` + ch + `"}`
+			if p.cfg.Soak {
+				sub = cs.pos.subscribe(ch)
+			}
 			cs.state = stSubscribing
 			cs.tSub = now
 			later.out = wsframe.AppendMaskedFrame(later.out, wsframe.OpText, true, []byte(sub), cs.maskKey())
@@ -271,7 +287,14 @@ func (p *pool) messageLocked(cs *connState, sh *shard, msg []byte, now int64, la
 			p.mu.Lock()
 			p.phase.stats.Subscribe.Record(now - cs.tSub)
 			p.mu.Unlock()
+			if p.cfg.Soak {
+				p.subscribedLocked(cs, fi, now)
+			}
 			p.upLocked(cs, now)
+		}
+	case opResync:
+		if p.cfg.Soak {
+			p.resyncLocked(cs, fi, now)
 		}
 	case opError:
 		p.errorFrames.Add(1)

@@ -32,6 +32,7 @@ type Result struct {
 	Publish  *PublishResult  `json:"publish,omitempty"`
 	Delivery *DeliveryResult `json:"delivery,omitempty"`
 	Churn    *ChurnResult    `json:"churn,omitempty"`
+	Soak     *SoakResult     `json:"soak,omitempty"`
 	Server   *ServerResult   `json:"server,omitempty"`
 	Tool     ToolResult      `json:"tool"`
 	Timeline Timeline        `json:"timeline"`
@@ -323,6 +324,9 @@ func writeTable(w io.Writer, r *Result) {
 			c.Back, c.Clients, c.AllBackS, how, c.Attempts, c.Failed, c.Refused503, fmtReasons(c.FailuresByReason))
 		row("handshake", "%s  [during the storm]", fmtLat(c.Handshake))
 		row("healthz", "%s  [GET /healthz during the storm; %d failed]", fmtLat(c.Healthz), c.HealthzFailed)
+	}
+	if s := r.Soak; s != nil {
+		writeSoakRows(w, s)
 	}
 	if s := r.Server; s != nil {
 		line := fmt.Sprintf("CPU %.3f s over %.2f s (process_cpu_seconds_total, all nodes)", s.CPUS, s.IntervalS)

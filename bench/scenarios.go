@@ -10,6 +10,9 @@ import (
 // runScenario carries out o.scenario. It returns the result even with an
 // error when part of the run was measured.
 func runScenario(o *options) (*Result, error) {
+	if o.scenario == "soak" {
+		return runSoak(o)
+	}
 	res := &Result{
 		Schema:   ResultSchema,
 		Scenario: o.scenario,

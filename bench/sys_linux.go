@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"strconv"
 	"syscall"
 )
 
@@ -54,4 +56,18 @@ func selfUsage() cpuUsage {
 	}
 	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 	return cpuUsage{UserS: tv(ru.Utime), SysS: tv(ru.Stime), MaxRSS: ru.Maxrss * 1024}
+}
+
+// openFDs counts the open descriptors of process pid, -1 when unreadable.
+func openFDs(pid int) int {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return -1
+	}
+	return len(names)
 }

@@ -22,7 +22,9 @@ import (
 //	connect {t0}                    progress {progress} (every 200 ms, any time)
 //	                                connected {conn}
 //	churn {rate}                    connected {conn}
-//	report                          report {deliv, conn}
+//	soak {rate}                     (churn starts; soak mode)
+//	calm                            calm (churn stopped)
+//	report {acked}                  report {deliv, conn, soak}
 //	close                           closed {cpu}; then the worker exits
 //	                                fatal {error} when it cannot go on
 //
@@ -44,6 +46,8 @@ type workerMsg struct {
 	Deliv    *deliveryStats `json:"deliv,omitempty"`
 	CPU      *cpuUsage      `json:"cpu,omitempty"`
 	Error    string         `json:"error,omitempty"`
+	Acked    []uint64       `json:"acked,omitempty"` // report in a soak: acknowledged publishes
+	Soak     *soakStats     `json:"soak,omitempty"`
 }
 
 // poolConfig is what a pool needs; it comes from the coordinator.
@@ -63,6 +67,7 @@ type poolConfig struct {
 	TimeoutNS   int64    `json:"timeout_ns"`  // per attempt
 	PhaseNS     int64    `json:"phase_ns"`    // a phase stops retrying after this
 	Pollers     int      `json:"pollers"`
+	Soak        bool     `json:"soak,omitempty"` // soak mode: see soakpool.go
 }
 
 // connStats are the connection figures of one phase (connect, or the
@@ -214,7 +219,23 @@ func runWorker(in io.Reader, out io.Writer) error {
 			d := p.deliveries()
 			st := p.phaseStats()
 			cpu := selfUsage()
-			send(workerMsg{Op: "report", Deliv: &d, Conn: &st, CPU: &cpu})
+			r := workerMsg{Op: "report", Deliv: &d, Conn: &st, CPU: &cpu}
+			if p.cfg.Soak {
+				ss := p.soakDeliveries(m.Acked)
+				r.Soak = &ss
+			}
+			send(r)
+		case "soak", "calm":
+			if p == nil || !p.cfg.Soak {
+				send(workerMsg{Op: "fatal", Error: "not a soak pool"})
+				return errBadConfig
+			}
+			if m.Op == "soak" {
+				p.startChurn(m.Rate)
+			} else {
+				p.stopChurn()
+				send(workerMsg{Op: "calm"})
+			}
 		case "close":
 			stopBackground()
 			if p != nil {
