@@ -291,9 +291,13 @@ func freeClusterPort(tb testing.TB) int {
 	return 0
 }
 
-// Cluster is a Redis Cluster of masters only, owned by one test.
+// Cluster is a Redis Cluster owned by one test: masters only
+// (StartCluster) or masters with replicas (StartClusterWithReplicas).
 type Cluster struct {
-	nodes []*Redis // immutable after StartCluster
+	nodes []*Redis // immutable after StartCluster; masters first, then replicas
+	// masters is how many nodes were created as masters; after a failover
+	// the roles differ: ask Masters.
+	masters int
 }
 
 // StartCluster starts a Redis Cluster of the given number of masters (at
@@ -301,13 +305,29 @@ type Cluster struct {
 // and kills it in tb.Cleanup.
 func StartCluster(tb testing.TB, masters int) *Cluster {
 	tb.Helper()
+	return startCluster(tb, masters, 0)
+}
+
+// StartClusterWithReplicas starts a Redis Cluster of masters (at least 3)
+// each with replicas replicas, all real redis-server processes on free
+// ports, and waits until every node reports cluster_state:ok and every
+// replica's link to its master is up. A master killed with Stop is
+// replaced by one of its replicas after the node timeout (2 s); see
+// WaitFailover.
+func StartClusterWithReplicas(tb testing.TB, masters, replicas int) *Cluster {
+	tb.Helper()
+	return startCluster(tb, masters, replicas)
+}
+
+func startCluster(tb testing.TB, masters, replicas int) *Cluster {
+	tb.Helper()
 	redisPath(tb, "redis-server")
 	redisPath(tb, "redis-cli")
-	if masters < 3 {
-		tb.Fatalf("a redis cluster needs at least 3 masters, not %d", masters)
+	if masters < 3 || replicas < 0 {
+		tb.Fatalf("a redis cluster needs at least 3 masters, not %d (replicas %d)", masters, replicas)
 	}
-	c := &Cluster{}
-	for range masters {
+	c := &Cluster{masters: masters}
+	for range masters * (1 + replicas) {
 		dir := tb.TempDir()
 		r := &Redis{
 			tb:   tb,
@@ -333,39 +353,100 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 		c.nodes = append(c.nodes, r)
 	}
 	args := []string{"--cluster", "create"}
-	args = append(args, c.Addrs()...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	for _, n := range c.nodes {
+		args = append(args, n.Addr())
+	}
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	out, err := exec.Command("redis-cli", args...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("cannot create redis cluster: %v\n%s", err, out)
 	}
-	Eventually(tb, 20*time.Second, func() bool {
+	Eventually(tb, 30*time.Second, func() bool {
 		for _, n := range c.nodes {
-			s, err := n.DoErr("CLUSTER", "INFO")
-			if err != nil || InfoField(fmt.Sprint(s), "cluster_state") != "ok" {
-				return false
-			}
-			// Every node must know every other node before clients route.
-			nodes, err := n.DoErr("CLUSTER", "NODES")
-			if err != nil || bytes.Count([]byte(fmt.Sprint(nodes)), []byte("connected")) < len(c.nodes) {
+			if !n.clusterSettled(len(c.nodes)) {
 				return false
 			}
 		}
 		return true
-	}, "redis cluster did not reach cluster_state:ok")
+	}, "redis cluster did not reach cluster_state:ok with every replica in sync")
 	return c
 }
 
-// Addrs returns the masters' addresses, host:port.
+// clusterSettled reports whether r sees the cluster ok, knows want nodes as
+// connected and, when a replica, has its replication link up.
+func (r *Redis) clusterSettled(want int) bool {
+	s, err := r.DoErr("CLUSTER", "INFO")
+	if err != nil || InfoField(fmt.Sprint(s), "cluster_state") != "ok" {
+		return false
+	}
+	// Every node must know every other node before clients route.
+	nodes, err := r.DoErr("CLUSTER", "NODES")
+	if err != nil || bytes.Count([]byte(fmt.Sprint(nodes)), []byte("connected")) < want {
+		return false
+	}
+	info, err := r.DoErr("INFO", "replication")
+	if err != nil {
+		return false
+	}
+	return InfoField(fmt.Sprint(info), "role") == "master" || InfoField(fmt.Sprint(info), "master_link_status") == "up"
+}
+
+// Masters returns the running nodes that are masters now.
+func (c *Cluster) Masters(tb testing.TB) []*Redis {
+	tb.Helper()
+	var out []*Redis
+	for _, n := range c.nodes {
+		if !n.running() {
+			continue
+		}
+		if info, err := n.DoErr("INFO", "replication"); err == nil && InfoField(fmt.Sprint(info), "role") == "master" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// WaitFailover waits until dead (a master stopped with Stop) has been
+// replaced: as many running masters as the cluster was created with, and
+// every running node reporting cluster_state:ok.
+func (c *Cluster) WaitFailover(tb testing.TB, dead *Redis, timeout time.Duration) {
+	tb.Helper()
+	Eventually(tb, timeout, func() bool {
+		if dead.running() || len(c.Masters(tb)) < c.masters {
+			return false
+		}
+		for _, n := range c.nodes {
+			if !n.running() {
+				continue
+			}
+			s, err := n.DoErr("CLUSTER", "INFO")
+			if err != nil || InfoField(fmt.Sprint(s), "cluster_state") != "ok" {
+				return false
+			}
+		}
+		return true
+	}, "no replica took over from the stopped master")
+}
+
+// running reports whether r's process is running (not stopped).
+func (r *Redis) running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cmd != nil
+}
+
+// Addrs returns the addresses (host:port) of the nodes created as masters,
+// the seeds a client needs.
 func (c *Cluster) Addrs() []string {
-	addrs := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
+	addrs := make([]string, c.masters)
+	for i, n := range c.nodes[:c.masters] {
 		addrs[i] = n.Addr()
 	}
 	return addrs
 }
 
-// Nodes returns the cluster's nodes.
+// Nodes returns the cluster's nodes, masters as created first, then
+// replicas.
 func (c *Cluster) Nodes() []*Redis { return c.nodes }
 
 // KillPubSub closes every pub/sub client connection of the server (CLIENT
