@@ -43,7 +43,9 @@ func TestHAProxyFitsAStockHost(t *testing.T) {
 		}
 		t.Skip("haproxy not found on PATH or in /usr/sbin: install it (Debian: apt-get install haproxy) to run this test")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	// haproxy refuses at once when it cannot raise its limit; 10s leaves
+	// room for a busy machine before "it started" is concluded.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, _ := exec.CommandContext(ctx, bin, "-db", "-f", path).CombinedOutput()
 	if ctx.Err() != nil {

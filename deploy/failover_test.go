@@ -22,10 +22,11 @@ import (
 
 // killBound is how soon after a node is killed every one of its clients
 // must be connected again through the load balancer. It is loose for the
-// race detector on two shared cores: there the clients' own handshakes take
-// over a second; without it, the last of 500 clients is back within a
-// second (docs/load-balancers.md has the figures).
-const killBound = 8 * time.Second
+// race detector on two shared cores, where the clients' own handshakes in
+// this process take seconds (7.3s at a load average of 30); without it the
+// last of 500 clients is back within a second (docs/load-balancers.md has
+// the figures). The 0 failed attempts are the sharp check.
+const killBound = 15 * time.Second
 
 // TestKillNode kills -9 one of two nodes behind each shipped config while
 // 1,000 clients are connected, and checks that every client of the dead
