@@ -197,14 +197,41 @@ func (h *requestHead) parseRequestLine(line string) error {
 			return badRequest(rejectRequestLine, "invalid character in the request target")
 		}
 	}
+	if !validEscapes(targetPath(target)) {
+		return badRequest(rejectRequestLine, "invalid percent-escape in the request path")
+	}
 	h.method, h.target = method, target
 	return nil
 }
 
 // path returns the target without its query.
-func (h *requestHead) path() string {
-	p, _, _ := strings.Cut(h.target, "?")
+func (h *requestHead) path() string { return targetPath(h.target) }
+
+// targetPath returns target without its query.
+func targetPath(target string) string {
+	p, _, _ := strings.Cut(target, "?")
 	return p
+}
+
+// validEscapes reports whether every '%' in path starts an escape of two
+// hex digits: the rule net/http's url.ParseRequestURI applies to a path
+// (it leaves the query unchecked), so that tether never routes a target a
+// proxy built on net/http would refuse with 400.
+func validEscapes(path string) bool {
+	for i := 0; i < len(path); i++ {
+		if path[i] != '%' {
+			continue
+		}
+		if i+2 >= len(path) || !isHex(path[i+1]) || !isHex(path[i+2]) {
+			return false
+		}
+		i += 2
+	}
+	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // tokenChars marks the bytes of an RFC 9110 token (tchar).
