@@ -61,8 +61,13 @@ type History struct {
 //
 // OnMessage is called for every message on a channel the node has interest
 // in (the local bus calls it for every message). Calls for one channel are
-// serialized and in offset order. It must not block: it runs on the bus's
-// delivery path.
+// serialized and in offset order. It runs on one of the bus's own
+// goroutines, never on a publisher's: the local bus's delivery goroutines
+// (local_delivery.go), or the Redis bus's pub/sub readers and repair
+// workers. It may take the time its work needs (a node runs a whole fan-out
+// in it, waiting for its fan-out workers), but must not wait for anything
+// that waits for the bus (a publish, a history read): messages behind it on
+// the same goroutine wait for it to return.
 //
 // OnGap is called when the bus lost messages of a channel and cannot repair
 // the loss from history (for example Redis restarted empty): subscribers must
@@ -144,8 +149,12 @@ func (b *Bus) PublishBatch(ctx context.Context, pubs []Publication) ([]Position,
 
 // PublishAsync publishes pubs and calls done exactly once, from any
 // goroutine (possibly before PublishAsync returns), when they are
-// acknowledged or have failed. It never blocks. pubs and their Data must not
-// be modified until done is called: a backend may send them later.
+// acknowledged or have failed. It never blocks and never calls the
+// handler: the local bus stores and queues the messages for its delivery
+// goroutines and fails with ErrUnavailable, storing nothing more, when a
+// queue is full; the Redis bus queues them for its flusher and fails with
+// ErrUnavailable when its queue is full. pubs and their Data must not be
+// modified until done is called: a backend may send them later.
 func (b *Bus) PublishAsync(pubs []Publication, done func([]Position, error)) {
 	b.be.publish(pubs, done)
 }

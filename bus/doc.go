@@ -13,6 +13,7 @@
 //	Bus, Handler, History, Position: the contract    bus.go
 //	the in-process bus                               local.go
 //	history retention: by count, by time, byte cap   retention.go
+//	its delivery goroutines and bounded queues       local_delivery.go
 //	Redis bus: config, construction, health, close   redis.go
 //	publishing: bounded queue, pipelined flusher     redis_publish.go
 //	interest: subscribe, unsubscribe, linger,        redis_interest.go

@@ -24,6 +24,8 @@ func newLocal(cfg Config, now func() time.Time) *local {
 		seed: maphash.MakeSeed(),
 		done: make(chan struct{}),
 		now:  now,
+
+		delivery: newLocalDelivery(),
 	}
 	l.retain = l.cfg.retention()
 	for i := range l.shards {
@@ -38,6 +40,13 @@ func newLocal(cfg Config, now func() time.Time) *local {
 	}
 	l.wg.Add(1)
 	go l.sweepLoop(interval)
+	for i := range l.delivery.queues {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.delivery.queues[i].run(l.deliver, l.done)
+		}()
+	}
 	return l
 }
 
@@ -47,7 +56,10 @@ type local struct {
 	now    func() time.Time // immutable after NewLocal
 	seed   maphash.Seed     // immutable after NewLocal
 
-	handler Handler // set before the first publish
+	// handler is set before the first publish; a node restarted on the same
+	// bus sets it again.
+	handler  atomic.Pointer[Handler]
+	delivery localDelivery // hands messages to handler.OnMessage
 
 	closed atomic.Bool
 	// Channels are sharded by name so that the sweeper, which visits every
@@ -68,7 +80,8 @@ type localShard struct {
 }
 
 // localChannel is one channel's stream. Lock order: localShard.mu, then
-// localChannel.mu; the handler is called with localChannel.mu held.
+// localChannel.mu, then localQueue.mu. The handler is called with none of
+// them held, on a delivery goroutine (local_delivery.go).
 type localChannel struct {
 	mu       sync.Mutex
 	epoch    string
@@ -84,10 +97,14 @@ func newEpoch() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (l *local) setHandler(h Handler) { l.handler = h }
+func (l *local) setHandler(h Handler) { l.handler.Store(&h) }
+
+func (l *local) shardIndex(channel string) int {
+	return int(maphash.String(l.seed, channel) % localShards)
+}
 
 func (l *local) shard(channel string) *localShard {
-	return &l.shards[maphash.String(l.seed, channel)%localShards]
+	return &l.shards[l.shardIndex(channel)]
 }
 
 // channelLocked returns channel's state, creating it when create is set.
@@ -102,29 +119,56 @@ func (l *local) channelLocked(sh *localShard, channel string, create bool) *loca
 	return ch
 }
 
+// publish stores each publication in its channel's history and queues it
+// for the handler; it never runs the handler itself. A publication whose
+// delivery queue is full fails the call with ErrUnavailable, unstored (the
+// ones before it in pubs are published).
 func (l *local) publish(pubs []Publication, done func([]Position, error)) {
 	pos := make([]Position, len(pubs))
+	h := l.handler.Load()
+	deliver := h != nil && h.OnMessage != nil
 	for i, p := range pubs {
 		if l.closed.Load() {
 			done(nil, ErrClosed)
 			return
 		}
-		sh := l.shard(p.Channel)
+		si := l.shardIndex(p.Channel)
+		sh := &l.shards[si]
 		sh.mu.Lock()
 		ch := l.channelLocked(sh, p.Channel, true)
 		ch.mu.Lock()
 		sh.mu.Unlock()
+		q := l.delivery.queue(si)
+		if deliver {
+			q.mu.Lock()
+			if len(q.pending) >= localQueueSize {
+				q.mu.Unlock()
+				ch.mu.Unlock()
+				done(nil, ErrUnavailable)
+				return
+			}
+		}
 		ch.offset++
 		m := Message{Channel: p.Channel, Offset: ch.offset, Epoch: ch.epoch, Data: p.Data}
 		ch.lastPub = l.now()
 		ch.hist.push(m, ch.lastPub.UnixNano(), l.retain)
 		pos[i] = Position{Offset: m.Offset, Epoch: m.Epoch}
-		if h := l.handler.OnMessage; h != nil {
-			h(m)
+		if deliver {
+			// Queued under ch.mu: the channel's messages keep offset order.
+			q.pending = append(q.pending, m)
+			q.mu.Unlock()
+			q.signal()
 		}
 		ch.mu.Unlock()
 	}
 	done(pos, nil)
+}
+
+// deliver hands m to the handler. It runs on a delivery goroutine.
+func (l *local) deliver(m Message) {
+	if h := l.handler.Load(); h != nil && h.OnMessage != nil {
+		h.OnMessage(m)
+	}
 }
 
 func (l *local) subscribe(channel string) {

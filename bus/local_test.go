@@ -108,6 +108,7 @@ func TestLocalOffsetsPerChannel(t *testing.T) {
 		}
 	}
 	// The handler saw every message once, in offset order, with its data.
+	localOf(t, b).waitDelivered(t)
 	for ch, n := range map[string]int{"a": 22, "b": 21, "c": 20, "d": 1} {
 		msgs := rec.of(ch)
 		if len(msgs) != n {
@@ -384,6 +385,7 @@ func TestLocalChannelsDoNotAccumulate(t *testing.T) {
 			t.Fatalf("%s: stats %+v", r.name, s)
 		}
 	}
+	l.waitDelivered(t)
 	if got := delivered.Load(); got != published {
 		t.Fatalf("handler got %d messages, want %d", got, published)
 	}
@@ -561,6 +563,7 @@ func TestLocalConcurrentStress(t *testing.T) {
 	pubWG.Wait()
 	close(stop)
 	wg.Wait()
+	localOf(t, b).waitDelivered(t)
 	total, epochs := 0, 0
 	for i := range states {
 		total += states[i].msgs
