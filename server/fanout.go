@@ -29,8 +29,11 @@ type fanoutSync struct {
 }
 
 // fanout queues frame to every live subscriber of ch and holds m back for
-// recovering ones. Large channels are split across the fan-out workers.
-// ch.mu must be held. It returns the number of deliveries queued.
+// recovering ones. Large channels are split across the fan-out workers,
+// and fanout waits for them. ch.mu must be held. It returns the number of
+// deliveries queued. It runs on the bus's delivery goroutine (see
+// bus.Handler), never on an nbio goroutine: a client's publish only queues
+// the message in the bus.
 func (s *Server) fanout(ch *channel, m bus.Message, frame []byte) int {
 	subs := ch.subs
 	chunk := s.cfg.FanoutChunk
