@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -133,10 +134,14 @@ type Conn struct {
 	// the first closing error.
 	closeErr error
 
-	// local addr.
+	// local addr (nil for an accepted TCP conn: see LocalAddr).
 	lAddr net.Addr
-	// remote addr.
+	// remote addr (nil for an accepted TCP conn: see rAddrPort).
 	rAddr net.Addr
+	// tether patch 4: the remote address of an accepted TCP conn, inline.
+	// A *net.TCPAddr per address kept 2 objects and 80 bytes alive per
+	// address for the conn's whole life (docs/nbio-patches.md).
+	rAddrPort netip.AddrPort
 
 	// user session.
 	session interface{}
@@ -472,6 +477,19 @@ func (c *Conn) CloseWithError(err error) error {
 //
 //go:norace
 func (c *Conn) LocalAddr() net.Addr {
+	if c.lAddr == nil && c.rAddrPort.IsValid() {
+		// tether patch 4: asked of the socket, while it is open.
+		c.mux.Lock()
+		defer c.mux.Unlock()
+		if c.closed {
+			return nil
+		}
+		sa, err := syscall.Getsockname(c.fd)
+		if err != nil {
+			return nil
+		}
+		return sockaddrToTCPAddr(sa)
+	}
 	return c.lAddr
 }
 
@@ -479,7 +497,27 @@ func (c *Conn) LocalAddr() net.Addr {
 //
 //go:norace
 func (c *Conn) RemoteAddr() net.Addr {
+	if c.rAddr == nil && c.rAddrPort.IsValid() {
+		return net.TCPAddrFromAddrPort(c.rAddrPort) // tether patch 4
+	}
 	return c.rAddr
+}
+
+// sockaddrToTCPAddr returns sa as a *net.TCPAddr, or nil.
+func sockaddrToTCPAddr(sa syscall.Sockaddr) net.Addr {
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
+	case *syscall.SockaddrInet6:
+		a := &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
+		if sa.ZoneId != 0 {
+			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
+				a.Zone = ifi.Name
+			}
+		}
+		return a
+	}
+	return nil
 }
 
 // SetDeadline sets deadline for both read and write.

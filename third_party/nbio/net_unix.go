@@ -70,6 +70,14 @@ func dupStdConn(conn net.Conn) (*Conn, error) {
 	switch conn.(type) {
 	case *net.TCPConn:
 		c.typ = ConnTypeTCP
+		// tether patch 4: keep the remote address inline and ask the
+		// socket for the local one (Conn.LocalAddr), so that an accepted
+		// conn holds no address objects.
+		if ta, ok := rAddr.(*net.TCPAddr); ok {
+			if ap := ta.AddrPort(); ap.IsValid() {
+				c.lAddr, c.rAddr, c.rAddrPort = nil, nil, ap
+			}
+		}
 	case *net.UnixConn:
 		c.typ = ConnTypeUnix
 	case *net.UDPConn:
