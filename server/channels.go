@@ -71,8 +71,11 @@ type subscription struct {
 	c  *conn    // immutable
 	ch *channel // immutable
 
+	// guarded by c.mu
+	nextOfConn *subscription // the next of c's subscriptions (conn.subs)
+
 	// guarded by ch.mu
-	idx int
+	idx int32    // position in ch.subs; -1 once removed
 	rec recovery // the switch from history to live delivery (recovery.go)
 }
 
@@ -82,18 +85,20 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		return
 	}
 	c.mu.Lock()
-	first := len(c.subs) == 0
-	if max := s.cfg.MaxSubsPerConn; max > 0 && len(c.subs) >= max {
-		c.mu.Unlock()
-		c.replyError(f.ID, errf(proto.CodeLimit, "too many subscriptions on this connection"))
-		return
-	}
-	for _, sub := range c.subs {
+	first := c.subs == nil
+	n := 0
+	for sub := c.subs; sub != nil; sub = sub.nextOfConn {
 		if sub.ch.name == f.Channel {
 			c.mu.Unlock()
 			c.replyError(f.ID, errf(proto.CodeLimit, "already subscribed"))
 			return
 		}
+		n++
+	}
+	if max := s.cfg.MaxSubsPerConn; max > 0 && n >= max {
+		c.mu.Unlock()
+		c.replyError(f.ID, errf(proto.CodeLimit, "too many subscriptions on this connection"))
+		return
 	}
 	if c.closing || c.closed {
 		c.mu.Unlock()
@@ -112,7 +117,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	}
 	sub := &subscription{c: c, ch: ch}
 	ch.mu.Lock()
-	sub.idx = len(ch.subs)
+	sub.idx = int32(len(ch.subs))
 	ch.subs = append(ch.subs, sub)
 	// Fast path: the node already delivers this channel live, so the last
 	// message it delivered is the channel's position as far as this
@@ -140,7 +145,8 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		s.removeSub(sub)
 		return
 	}
-	c.subs = append(c.subs, sub)
+	sub.nextOfConn = c.subs
+	c.subs = sub
 	c.mu.Unlock()
 	s.m.subscriptions.Add(1)
 	if first && f.Since != nil {
@@ -202,12 +208,10 @@ func (s *Server) dropSub(sub *subscription) {
 func (c *conn) takeSub(match func(*subscription) bool) *subscription {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, x := range c.subs {
-		if match(x) {
-			last := len(c.subs) - 1
-			c.subs[i] = c.subs[last]
-			c.subs[last] = nil
-			c.subs = c.subs[:last]
+	for p := &c.subs; *p != nil; p = &(*p).nextOfConn {
+		if x := *p; match(x) {
+			*p = x.nextOfConn
+			x.nextOfConn = nil
 			return x
 		}
 	}

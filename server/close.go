@@ -32,7 +32,7 @@ func (c *conn) sendClose(code int, reason string, preface []byte) bool {
 	c.queued = true
 	c.mu.Unlock()
 	if schedule {
-		c.flush.push(c)
+		c.flusher().push(c)
 	}
 	c.srv.heartbeats.scheduleHardClose(c)
 	return true
@@ -73,8 +73,10 @@ func (s *Server) onClose(c *conn, err error) {
 	}
 	s.log.Debug("connection closed", "conn", c.id, "reason", reason, "err", err)
 	s.heartbeats.remove(c)
-	for _, sub := range subs {
+	for sub := subs; sub != nil; {
+		next := sub.nextOfConn // c is closed: nothing links or unlinks now
 		s.removeSub(sub)
+		sub = next
 	}
 	s.conns.remove(c)
 	s.m.conns.Add(-1)

@@ -11,17 +11,21 @@ import (
 )
 
 // conn is one WebSocket connection.
+//
+// Memory: a node keeps one conn per connection for as long as it is open,
+// so its size is the node's density (docs/BENCHMARKS.md, "Memory per
+// connection"): what can be derived from id (the flusher, the heartbeat
+// shard) is not stored, small fields are grouped so that no padding is
+// wasted, and the subscriptions are an intrusive list, not a slice.
 type conn struct {
 	// immutable after the upgrade (srv and nc: after onOpen)
-	srv       *Server
-	nc        *nbio.Conn
-	id        uint64
-	auth      *claims // nil on an open server
-	flush     *flusher
-	heartbeat *heartbeatShard
-	expiry    int64    // token expiry, unix nanos; 0 = none
-	opened    int64    // when the upgrade completed, unix nanos
-	tls       *tlsConn // nil without TLS; set in onOpen
+	srv    *Server
+	nc     *nbio.Conn
+	id     uint64
+	auth   *claims  // nil on an open server
+	expiry int64    // token expiry, unix nanos; 0 = none
+	opened int64    // when the upgrade completed, unix nanos
+	tls    *tlsConn // nil without TLS; set in onOpen
 
 	// http reads the socket's requests until the upgrade, then is nil
 	// (engine.go).
@@ -35,26 +39,40 @@ type conn struct {
 	pending         [][]byte // frames waiting for the flusher (shared, read-only)
 	spare           [][]byte // the other half of the double buffer
 	pendingBytes    int
-	queued          bool   // in a flusher queue or being flushed
-	closing         bool   // a close frame is queued: nothing else is accepted
-	closeAfterFlush bool   // close the socket once the close frame is written
-	closed          bool   // onClose ran
-	disconnect      string // why the connection ended (a metrics label)
-	subs            []*subscription
+	disconnect      string        // why the connection ended (a metrics label)
+	subs            *subscription // first of the list linked by subscription.nextOfConn
+	queued          bool          // in a flusher queue or being flushed
+	closing         bool          // a close frame is queued: nothing else is accepted
+	closeAfterFlush bool          // close the socket once the close frame is written
+	closed          bool          // onClose ran
+
+	// guarded by the connSet shard's lock
+	setIdx int32 // position in the shard's slice while c is in the set
 
 	// owned by the read path (the socket's poller goroutine; wsconn.go)
-	rd        wsReader
 	readDone  bool // the reader failed or the client closed: input is ignored
 	dropMsg   bool // a frame of the message being read was over the rate
 	dropCtrl  bool // the control frame being read was over the rate
+	strikes   int32
+	rd        wsReader
 	tokens    float64
 	lastTaken int64
-	strikes   int
 
-	// guarded by heartbeat.mu
+	// guarded by the heartbeat shard's mu (hbShard)
 	wheelEntry ring.Entry[*conn]
 	nextPing   int64
 	hardClose  int64 // when closing: deadline for the socket close
+}
+
+// flusher returns the flusher that writes c's frames: chosen by id, so
+// that a conn need not store it.
+func (c *conn) flusher() *flusher {
+	return c.srv.flushers[c.id%uint64(len(c.srv.flushers))]
+}
+
+// hbShard returns the heartbeat shard that times c, chosen by id.
+func (c *conn) hbShard() *heartbeatShard {
+	return c.srv.heartbeats.shardFor(c.id)
 }
 
 // enqueue queues a frame for c. It reports whether c must be handed to its
@@ -85,7 +103,7 @@ func (c *conn) enqueue(frame []byte) (schedule bool) {
 // send queues a frame and schedules the flush.
 func (c *conn) send(frame []byte) {
 	if c.enqueue(frame) {
-		c.flush.push(c)
+		c.flusher().push(c)
 	}
 }
 
@@ -103,31 +121,43 @@ func (c *conn) replyError(id json.RawMessage, e *protoError) {
 	c.reply(func(b []byte) []byte { return appendError(b, id, e.code, e.msg) })
 }
 
-// connSet holds every open connection, for drain and shutdown.
+// connSet holds every open connection, for drain and shutdown: 64 shards
+// of a slice, each conn knowing its position (conn.setIdx), so that adding
+// and removing are O(1) and a connection costs the set one pointer, not a
+// map entry.
 type connSet struct {
-	shards [64]struct {
-		mu sync.Mutex
-		m  map[uint64]*conn
+	shards [connSetShards]struct {
+		mu    sync.Mutex
+		conns []*conn
 	}
 }
 
-func (cs *connSet) init() {
-	for i := range cs.shards {
-		cs.shards[i].m = make(map[uint64]*conn)
-	}
-}
+const connSetShards = 64
 
 func (cs *connSet) add(c *conn) {
-	sh := &cs.shards[c.id%64]
+	sh := &cs.shards[c.id%connSetShards]
 	sh.mu.Lock()
-	sh.m[c.id] = c
+	c.setIdx = int32(len(sh.conns))
+	sh.conns = append(sh.conns, c)
 	sh.mu.Unlock()
 }
 
+// remove removes c; it does nothing if c is not in the set.
 func (cs *connSet) remove(c *conn) {
-	sh := &cs.shards[c.id%64]
+	sh := &cs.shards[c.id%connSetShards]
 	sh.mu.Lock()
-	delete(sh.m, c.id)
+	if i := c.setIdx; i >= 0 && int(i) < len(sh.conns) && sh.conns[i] == c {
+		last := len(sh.conns) - 1
+		moved := sh.conns[last]
+		sh.conns[i] = moved
+		moved.setIdx = i
+		sh.conns[last] = nil
+		sh.conns = sh.conns[:last]
+		c.setIdx = -1
+		if cap(sh.conns) > 64 && len(sh.conns) < cap(sh.conns)/4 {
+			sh.conns = append([]*conn(nil), sh.conns...) // give back what a storm grew
+		}
+	}
 	sh.mu.Unlock()
 }
 
@@ -137,9 +167,7 @@ func (cs *connSet) snapshot() []*conn {
 	for i := range cs.shards {
 		sh := &cs.shards[i]
 		sh.mu.Lock()
-		for _, c := range sh.m {
-			all = append(all, c)
-		}
+		all = append(all, sh.conns...)
 		sh.mu.Unlock()
 	}
 	return all

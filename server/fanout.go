@@ -67,7 +67,7 @@ func (s *Server) fanoutChunk(subs []*subscription, m *bus.Message, frame []byte)
 		}
 		c := sub.c
 		if c.enqueue(frame) {
-			i := c.flush.idx
+			i := int(c.id % uint64(len(s.flushers))) // c.flusher()'s index
 			sc.ready[i] = append(sc.ready[i], c)
 		}
 		n++

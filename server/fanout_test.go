@@ -45,7 +45,7 @@ func (s *Server) waitFlushed() {
 			for i := range s.conns.shards {
 				sh := &s.conns.shards[i]
 				sh.mu.Lock()
-				for _, c := range sh.m {
+				for _, c := range sh.conns {
 					c.mu.Lock()
 					busy = busy || c.queued
 					c.mu.Unlock()

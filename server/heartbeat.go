@@ -68,7 +68,7 @@ func (h *heartbeats) shardFor(id uint64) *heartbeatShard {
 // add schedules c's first ping at a random phase within the interval, so
 // that connections opened together (a reconnect storm) ping apart.
 func (h *heartbeats) add(c *conn, now int64) {
-	sh := c.heartbeat
+	sh := c.hbShard()
 	sh.mu.Lock()
 	c.nextPing = now + rand.Int64N(h.interval) + 1
 	sh.wheel.Add(&c.wheelEntry, time.Unix(0, h.nextCheckLocked(c)))
@@ -86,7 +86,7 @@ func (h *heartbeats) nextCheckLocked(c *conn) int64 {
 }
 
 func (h *heartbeats) remove(c *conn) {
-	sh := c.heartbeat
+	sh := c.hbShard()
 	sh.mu.Lock()
 	sh.wheel.Remove(&c.wheelEntry)
 	sh.mu.Unlock()
@@ -94,7 +94,7 @@ func (h *heartbeats) remove(c *conn) {
 
 // scheduleHardClose makes sure c's socket is closed within closeGrace.
 func (h *heartbeats) scheduleHardClose(c *conn) {
-	sh := c.heartbeat
+	sh := c.hbShard()
 	sh.mu.Lock()
 	if c.hardClose == 0 {
 		c.hardClose = h.srv.clock.Load() + int64(closeGrace)

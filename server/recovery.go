@@ -27,9 +27,19 @@ import (
 // the channel's (joinLive). finish moves it to catchingUp or live; the
 // first live message past the history's top ends catchingUp. admit is the
 // one place that decides what happens to a live message.
+//
+// Every subscription embeds a recovery, and once live (nearly all of them,
+// nearly all the time) it needs only its state: what the other states need
+// is in a recoveryHold allocated when first needed and dropped when the
+// subscription goes live, so an idle subscription costs 16 bytes here.
 type recovery struct {
 	state recoveryState
-	held  []bus.Message // live messages held back while recovering
+	x     *recoveryHold // nil when live, and while recovering until a message is held
+}
+
+// recoveryHold is what a subscription keeps while it is not live.
+type recoveryHold struct {
+	held []bus.Message // live messages held back while recovering
 	// While catchingUp, live messages up to this position were already
 	// sent from history; a bus may still deliver them (with Redis, a
 	// message at or below the history's top can be in flight on pub/sub
@@ -65,46 +75,50 @@ const maxRecoveryBuffer = 4096
 func (r *recovery) admit(m *bus.Message) admission {
 	switch r.state {
 	case recovering:
-		if len(r.held) >= maxRecoveryBuffer {
-			r.state = live // stop holding back; the caller closes the conn
+		if r.x == nil {
+			r.x = new(recoveryHold)
+		}
+		if len(r.x.held) >= maxRecoveryBuffer {
+			r.state, r.x = live, nil // stop holding back; the caller closes the conn
 			return overflow
 		}
-		r.held = append(r.held, *m)
+		r.x.held = append(r.x.held, *m)
 		return holdBack
 	case catchingUp:
-		if m.Epoch == r.skipEpoch && m.Offset <= r.skipUpTo {
+		if m.Epoch == r.x.skipEpoch && m.Offset <= r.x.skipUpTo {
 			return skip // sent from history during recovery
 		}
-		r.state, r.skipEpoch, r.skipUpTo = live, "", 0
+		r.state, r.x = live, nil
 	}
 	return deliver
 }
 
 // joinLive ends recovery before it starts: the node delivers the channel
 // live and the client needs nothing from history. ch.mu must be held.
-func (r *recovery) joinLive() { r.state = live }
+func (r *recovery) joinLive() { r.state, r.x = live, nil }
 
 // finish ends recovery once the reply and the missed messages up to top
 // are queued: send is called with each held-back message past top, in
 // order, and live messages up to top are skipped while the node's live
 // stream (at channelTop) has not reached it. ch.mu must be held.
 func (r *recovery) finish(top, channelTop bus.Position, send func(bus.Message)) {
-	for _, m := range r.held {
-		if m.Epoch == top.Epoch && m.Offset <= top.Offset {
-			continue
+	if r.x != nil {
+		for _, m := range r.x.held {
+			if m.Epoch == top.Epoch && m.Offset <= top.Offset {
+				continue
+			}
+			send(m)
 		}
-		send(m)
 	}
-	r.held = nil
-	r.state = live
+	r.state, r.x = live, nil
 	if top.Offset > 0 && (channelTop.Epoch != top.Epoch || channelTop.Offset < top.Offset) {
 		// The node's live stream has not reached the history's top yet.
-		r.state, r.skipEpoch, r.skipUpTo = catchingUp, top.Epoch, top.Offset
+		r.state, r.x = catchingUp, &recoveryHold{skipEpoch: top.Epoch, skipUpTo: top.Offset}
 	}
 }
 
 // drop releases what a removed subscription holds back. ch.mu must be held.
-func (r *recovery) drop() { r.held = nil }
+func (r *recovery) drop() { r.x = nil }
 
 // recoveryJob is a subscription waiting for its history read.
 type recoveryJob struct {

@@ -99,7 +99,6 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 	s.recoveries.wake = make(chan struct{}, recoveryWorkers)
 	s.clock.Store(time.Now().UnixNano())
 	s.admit.init(cfg.AcceptRate, cfg.AcceptBurst)
-	s.conns.init()
 	s.flushers = make([]*flusher, cfg.Flushers)
 	for i := range s.flushers {
 		s.flushers[i] = &flusher{srv: s, idx: i, wake: make(chan struct{}, 1)}

@@ -85,8 +85,6 @@ func (h *httpConn) accept(key string, auth *claims, rest []byte) {
 	now := s.clock.Load()
 	c.id = id
 	c.auth = auth
-	c.flush = s.flushers[id%uint64(len(s.flushers))]
-	c.heartbeat = s.heartbeats.shardFor(id)
 	c.opened = time.Now().UnixNano()
 	if auth != nil {
 		c.expiry = auth.expiry.UnixNano()

@@ -68,7 +68,7 @@ func (c *conn) wsFrame(h wsframe.Header) error {
 	if !over {
 		return nil
 	}
-	if c.strikes > c.srv.cfg.ClientMsgBurst {
+	if int(c.strikes) > c.srv.cfg.ClientMsgBurst {
 		c.srv.closeConn(c, proto.CloseRateLimited, "rate limited", "rate_limited")
 		return errStopReading
 	}
@@ -148,7 +148,7 @@ func (c *conn) answerClose(code int) {
 	c.queued = true
 	c.mu.Unlock()
 	if schedule {
-		c.flush.push(c)
+		c.flusher().push(c)
 	}
 	c.srv.heartbeats.scheduleHardClose(c)
 }
