@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/lesismal/nbio"
 	"tether/ring"
@@ -73,6 +74,29 @@ func (c *conn) flusher() *flusher {
 // hbShard returns the heartbeat shard that times c, chosen by id.
 func (c *conn) hbShard() *heartbeatShard {
 	return c.srv.heartbeats.shardFor(c.id)
+}
+
+// initConn gives c, whose upgrade is being answered, its id and the state
+// an upgraded connection starts with. The upgrade (upgrade.go) and the 1M
+// simulation (million_test.go) build a connection through it and addConn.
+func (s *Server) initConn(c *conn, auth *claims) {
+	c.id = s.nextID.Add(1)
+	c.auth = auth
+	c.opened = time.Now().UnixNano()
+	if auth != nil {
+		c.expiry = auth.expiry.UnixNano()
+	}
+	c.rd.maxMessage = wsMaxMessage(s.cfg.MaxMessageSize + 1024)
+	c.wheelEntry.Value = c
+	c.lastSeen.Store(s.clock.Load())
+}
+
+// addConn makes c, upgraded, known to the server: in the connection set
+// and timed by the heartbeats from now on.
+func (s *Server) addConn(c *conn) {
+	s.conns.add(c)
+	s.m.accepted.Inc()
+	s.heartbeats.add(c, s.clock.Load())
 }
 
 // enqueue queues a frame for c. It reports whether c must be handed to its

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"sync"
 	"unicode/utf8"
 
@@ -54,7 +55,7 @@ type wsHandler interface {
 // the unfinished message's payload, which grows only with the bytes received
 // and never beyond max(maxMessage, 4 KiB) (the first 4 KiB are pooled). So
 // the memory one connection can make the node hold through its reader is at
-// most max(maxMessage, 4 KiB) + 125 bytes plus the struct (~130 bytes),
+// most max(maxMessage, 4 KiB) + 125 bytes plus the struct (104 bytes),
 // whatever it sends; nothing is queued. A complete frame that arrives in one
 // feed is unmasked in place and delivered without a copy or allocation.
 //
@@ -62,17 +63,18 @@ type wsHandler interface {
 // create it with newWSReader, or set maxMessage before the first feed (a
 // conn embeds its reader to save an allocation).
 type wsReader struct {
-	// immutable after newWSReader
-	maxMessage int
+	// immutable after newWSReader; an int32 packs with the small fields
+	// below (a conn embeds its reader: every byte is a byte per connection)
+	maxMessage int32
 
 	// owned by the caller of feed
-	err     error          // sticky: the error that stopped the reader
 	closed  bool           // a close frame was read; the rest is ignored
 	inFrame bool           // cur's payload is being read
 	hdrLen  uint8          // bytes of an unfinished header in hdr
 	ctrlLen uint8          // payload bytes of an unfinished control frame in ctrl
 	msgOp   wsframe.Opcode // opcode of the unfinished message, 0 if none
 	hdr     [wsframe.MaxHeaderLen]byte
+	err     error          // sticky: the error that stopped the reader
 	cur     wsframe.Header // the frame being read, when inFrame
 	left    int64          // payload bytes of cur still to come
 	maskPos int            // offset in cur's payload, for unmasking
@@ -81,9 +83,15 @@ type wsReader struct {
 }
 
 // newWSReader returns a reader that accepts messages of up to maxMessage
-// payload bytes (after reassembly); maxMessage must be positive.
+// payload bytes (after reassembly); maxMessage must be positive. A bound
+// over math.MaxInt32 is math.MaxInt32.
 func newWSReader(maxMessage int) *wsReader {
-	return &wsReader{maxMessage: maxMessage}
+	return &wsReader{maxMessage: wsMaxMessage(maxMessage)}
+}
+
+// wsMaxMessage returns maxMessage as a wsReader keeps it.
+func wsMaxMessage(maxMessage int) int32 {
+	return int32(min(maxMessage, math.MaxInt32))
 }
 
 // Pools of the buffers an unfinished frame borrows.
@@ -196,7 +204,7 @@ func (r *wsReader) begin(h wsHandler) error {
 			return wsframe.ErrContinuationWithoutStart
 		}
 	}
-	if !r.cur.Opcode.IsControl() && r.cur.Length > int64(r.maxMessage-len(r.msg)) {
+	if !r.cur.Opcode.IsControl() && r.cur.Length > int64(int(r.maxMessage)-len(r.msg)) {
 		return wsframe.ErrTooBig
 	}
 	r.inFrame = true
