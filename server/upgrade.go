@@ -81,17 +81,7 @@ func (h *httpConn) upgrade(head *requestHead, rest []byte) {
 // reads rest, the frames that came with the request. h.mu is held.
 func (h *httpConn) accept(key string, auth *claims, rest []byte) {
 	s, c := h.c.srv, h.c
-	id := s.nextID.Add(1)
-	now := s.clock.Load()
-	c.id = id
-	c.auth = auth
-	c.opened = time.Now().UnixNano()
-	if auth != nil {
-		c.expiry = auth.expiry.UnixNano()
-	}
-	c.rd.maxMessage = s.cfg.MaxMessageSize + 1024
-	c.wheelEntry.Value = c
-	c.lastSeen.Store(now)
+	s.initConn(c, auth)
 
 	var b []byte
 	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
@@ -110,9 +100,7 @@ func (h *httpConn) accept(key string, auth *claims, rest []byte) {
 	h.state = httpUpgraded
 	h.buf = nil
 	s.m.handshakes.Add(-1)
-	s.conns.add(c)
-	s.m.accepted.Inc()
-	s.heartbeats.add(c, now)
+	s.addConn(c)
 	if len(rest) > 0 {
 		c.onWSData(rest)
 	}

@@ -1,0 +1,222 @@
+package server
+
+import (
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/lesismal/nbio"
+
+	"tether/bus"
+	"tether/internal/proto"
+)
+
+// TestMillionConnections builds the per-connection state of a node holding
+// TETHER_MILLION connections (1000000 for the figures in docs/BENCHMARKS.md,
+// "1M per node") without sockets, through the code the server runs for a
+// real one: initConn and addConn (the upgrade's two steps), subscribe (the
+// fast path once the channel is live), the heartbeat wheels, the flushers'
+// queues. Each connection also holds a zero nbio.Conn, the engine's share.
+// It then measures the live heap per connection, a full GC cycle at that
+// size (CPU, pauses), two ping intervals of heartbeats in simulated time
+// (every connection pinged twice and answering), and subscribe and
+// unsubscribe with the index full. Nothing is asserted: the figures are
+// logged. It is skipped unless TETHER_MILLION is set:
+//
+//	TETHER_MILLION=1000000 go test -run TestMillionConnections -v -timeout 30m ./server/
+//
+// TETHER_MILLION_CHANNELS spreads the connections over that many channels
+// (default 1, as tether bench idle does).
+func TestMillionConnections(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("TETHER_MILLION"))
+	if n <= 0 {
+		t.Skip("set TETHER_MILLION=1000000 to run the 1M simulation")
+	}
+	channels := 1
+	if k, _ := strconv.Atoi(os.Getenv("TETHER_MILLION_CHANNELS")); k > 0 {
+		channels = k
+	}
+	s, err := New(Config{Listen: "127.0.0.1:0"}, bus.NewLocal(bus.Config{}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.bus.Close() })
+	name := func(i int) string { return "sim." + strconv.Itoa(i%channels) }
+
+	// The state of n connections.
+	runtime.GC()
+	before := readSim()
+	start := time.Now()
+	for i := range n {
+		c := &conn{srv: s, nc: new(nbio.Conn)}
+		s.initConn(c, nil)
+		s.addConn(c)
+		s.m.conns.Add(1)
+		s.subscribe(c, clientFrame{Op: proto.OpSubscribe, Channel: name(i)})
+		if i < channels {
+			s.runRecoveries()
+			// The channel's first message: later subscribers join live.
+			s.onBusMessage(bus.Message{Channel: name(i), Epoch: "sim", Offset: 1, Data: []byte("1")})
+		}
+		if i%1024 == 0 {
+			s.settleFlushers(0)
+		}
+	}
+	s.settleFlushers(0)
+	built := time.Since(start)
+	runtime.GC()
+	runtime.GC()
+	after := readSim()
+	perConn := float64(after.live-before.live) / float64(n)
+	objs := float64(after.objects-before.objects) / float64(n)
+	t.Logf("%d connections on %d channel(s) built in %v (%.2f µs each)", n, channels, built.Round(time.Millisecond), float64(built.Microseconds())/float64(n))
+	t.Logf("live heap %.1f MiB → %.1f MiB: %.0f bytes and %.1f objects per connection", mib(before.live), mib(after.live), perConn, objs)
+
+	// A full GC cycle at this size: what one costs, and its pauses.
+	const cycles = 5
+	g0 := readSim()
+	wall := time.Now()
+	for range cycles {
+		runtime.GC()
+	}
+	g1 := readSim()
+	gcCPU := (g1.gcCPU - g0.gcCPU) / cycles
+	t.Logf("GC cycle at %d connections: %.1f ms of CPU (mark and sweep, all cores), %.1f ms wall per forced cycle; longest stop-the-world pause %.3f ms",
+		n, gcCPU*1e3, float64(time.Since(wall).Microseconds())/1e3/cycles, g1.maxPauseSince(g0)*1e3)
+
+	// Heartbeats over two ping intervals of simulated time: every
+	// connection is pinged twice; it answers at once (its lastSeen moves),
+	// and the flushers' work is done without a socket write.
+	h := s.heartbeats
+	now := time.Unix(0, s.clock.Load())
+	span := 2 * s.cfg.PingInterval
+	h0 := readSim()
+	writes0 := s.m.socketWrites.Get()
+	var inWheel, longest time.Duration
+	ticks := 0
+	for t := h.tick; t <= span; t += h.tick {
+		at := now.Add(t)
+		t0 := time.Now()
+		h.advance(at)
+		d := time.Since(t0)
+		inWheel += d
+		longest = max(longest, d)
+		ticks++
+		s.settleFlushers(at.UnixNano())
+	}
+	h1 := readSim()
+	pings := s.m.socketWrites.Get() - writes0 // settleFlushers counts each flush as one write
+	t.Logf("heartbeats over %v simulated (%d ticks of %v): %d pings, %.1f ms in the wheels = %.3f%% of one core; one pass over every connection (one interval) %.1f ms; longest tick %.2f ms",
+		span, ticks, h.tick, pings, float64(inWheel.Microseconds())/1e3, 100*inWheel.Seconds()/span.Seconds(),
+		float64(inWheel.Microseconds())/1e3/2, float64(longest.Microseconds())/1e3)
+	allocRate := float64(h1.allocs-h0.allocs) / span.Seconds()
+	gcPercent := 100.0
+	// At idle the collector runs when the heap has grown by GOGC percent,
+	// or every 2 minutes (the runtime's forced period), whichever is first.
+	perSec := max(1.0/120, allocRate/(float64(after.live)*gcPercent/100))
+	t.Logf("allocated while idle: %.0f bytes per simulated second; GC cycles at GOGC=100: one per %.0f s; GC CPU at idle (derived) %.4f%% of one core",
+		allocRate, 1/perSec, 100*perSec*gcCPU)
+
+	// Subscribe and unsubscribe with the index full.
+	ops := min(n, 10000)
+	conns := s.conns.snapshot()[:ops]
+	names := make([]string, ops)
+	for i, c := range conns {
+		names[i] = c.subs.ch.name
+	}
+	t0 := time.Now()
+	for i, c := range conns {
+		s.unsubscribe(c, clientFrame{Op: proto.OpUnsubscribe, Channel: names[i]})
+	}
+	unsub := time.Since(t0)
+	s.settleFlushers(0)
+	t0 = time.Now()
+	for i, c := range conns {
+		s.subscribe(c, clientFrame{Op: proto.OpSubscribe, Channel: names[i]})
+	}
+	sub := time.Since(t0)
+	s.settleFlushers(0)
+	t.Logf("with %d subscriptions: unsubscribe %.2f µs, subscribe %.2f µs (each with its reply queued)",
+		n, float64(unsub.Nanoseconds())/1e3/float64(ops), float64(sub.Nanoseconds())/1e3/float64(ops))
+	runtime.KeepAlive(conns)
+}
+
+// runRecoveries runs the queued history reads on the calling goroutine, as
+// the recovery workers would.
+func (s *Server) runRecoveries() {
+	for {
+		j, ok := s.recoveries.pop()
+		if !ok {
+			return
+		}
+		s.recover(j.sub, j.since, j.id)
+	}
+}
+
+// settleFlushers does the flushers' work as if every socket write
+// succeeded at once: each queued connection's frames are dropped and its
+// buffers swapped as flusher.flush leaves them. With pong set, each such
+// connection answers: its lastSeen moves to pong.
+func (s *Server) settleFlushers(pong int64) {
+	for _, f := range s.flushers {
+		f.mu.Lock()
+		queue := f.queue
+		f.queue = nil
+		f.mu.Unlock()
+		for _, c := range queue {
+			c.mu.Lock()
+			bufs := c.pending
+			clear(bufs)
+			c.pending = c.spare[:0]
+			c.spare = bufs[:0]
+			c.pendingBytes = 0
+			c.queued = false
+			c.mu.Unlock()
+			s.m.socketWrites.Inc()
+			if pong != 0 {
+				c.lastSeen.Store(pong)
+			}
+		}
+	}
+}
+
+// simSample is what TestMillionConnections reads from the runtime.
+type simSample struct {
+	live, objects, allocs uint64
+	gcCPU                 float64
+	pauses                *metrics.Float64Histogram
+}
+
+func readSim() simSample {
+	ss := []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/gc/heap/objects:objects"},
+		{Name: "/gc/heap/allocs:bytes"},
+		{Name: "/cpu/classes/gc/total:cpu-seconds"},
+		{Name: "/sched/pauses/total/gc:seconds"},
+	}
+	metrics.Read(ss)
+	return simSample{
+		live:    ss[0].Value.Uint64(),
+		objects: ss[1].Value.Uint64(),
+		allocs:  ss[2].Value.Uint64(),
+		gcCPU:   ss[3].Value.Float64(),
+		pauses:  ss[4].Value.Float64Histogram(),
+	}
+}
+
+// maxPauseSince returns the upper bound of the highest pause bucket that
+// counted a pause after prev.
+func (x simSample) maxPauseSince(prev simSample) float64 {
+	for i := len(x.pauses.Counts) - 1; i >= 0; i-- {
+		if x.pauses.Counts[i] > prev.pauses.Counts[i] {
+			return x.pauses.Buckets[i+1]
+		}
+	}
+	return 0
+}
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }
