@@ -53,6 +53,7 @@ type options struct {
 	busLinger  time.Duration
 	busShards  int
 	busQueue   int
+	runtime    runtimeOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -97,6 +98,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.busLinger, "bus-linger", 3*time.Second, "keep a channel subscribed in Redis this long after its last local subscriber leaves")
 	fs.IntVar(&o.busShards, "bus-shards", 4, "Redis pub/sub connections, chosen by channel hash")
 	fs.IntVar(&o.busQueue, "bus-queue", 10000, "max publishes waiting for Redis; beyond it publishes fail fast with 503")
+	fs.Var(&o.runtime.memoryLimit, "memory-limit", "soft limit of the Go runtime's memory (debug.SetMemoryLimit), e.g. 2GiB: GC runs earlier to stay under it; 0 = GOMEMLIMIT or none")
+	fs.IntVar(&o.runtime.gcPercent, "gc-percent", 0, "heap growth between GC cycles in percent (GOGC); 25 keeps RSS near the live heap; 0 = GOGC or 100")
+	fs.StringVar(&o.runtime.pprofListen, "pprof-listen", "", "private TCP address serving /debug/pprof/ (profiles); empty = off")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -170,6 +174,13 @@ func run(args []string, stderr io.Writer) int {
 		return exitUsage
 	}
 	useNbioLogger(log)
+	o.runtime.apply(log)
+	if o.runtime.pprofListen != "" {
+		if err := servePprof(o.runtime.pprofListen, log); err != nil {
+			log.Error("cannot serve pprof", "err", err)
+			return exitFailure
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 

@@ -198,6 +198,8 @@ func TestBinaryBadFlags(t *testing.T) {
 		{"--redis", "redis://a", "--redis-cluster", "b:1"},
 		{"--jwt-secret-file", "/nonexistent/secret"},
 		{"--max-conn-buffer", "1000", "--max-message-size", "65536"},
+		{"--memory-limit", "lots"},
+		{"--memory-limit", "-1GiB"},
 		{"stray"},
 	} {
 		out, err := exec.Command(bin, args...).CombinedOutput()

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The Go runtime's settings for a node: the density mode (--memory-limit,
+// --gc-percent) and the profiling listener (--pprof-listen).
+//
+// GC policy (docs/operations.md, "Memory"): by default the collector runs
+// when the heap has grown by GOGC percent (100) over what the last cycle
+// found live, so a node's RSS settles near twice its live heap. An idle
+// node allocates almost nothing (pings and the heartbeat wheel allocate
+// nothing), so that headroom is never used while the node is idle and
+// costs memory only. --gc-percent lowers it (25: the heap may grow 25%
+// over the live heap between cycles); --memory-limit is the soft ceiling
+// of debug.SetMemoryLimit: the collector runs earlier, whatever GOGC
+// says, to keep the process's Go memory under it, and the scavenger gives
+// freed pages back to the kernel to stay under it. A limit under what the
+// live heap needs makes the collector run back to back; the runtime caps
+// that at about half the CPU, so set the limit with room over the live
+// heap (the 1M arithmetic in docs/BENCHMARKS.md).
+
+// runtimeOptions are the flags of this file.
+type runtimeOptions struct {
+	memoryLimit byteSize
+	gcPercent   int
+	pprofListen string
+}
+
+// byteSize is a flag value in bytes with an optional unit suffix: KiB,
+// MiB, GiB, TiB (powers of 1024), or none.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	if *b == 0 {
+		return "0"
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	n, err := parseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+// parseByteSize parses "512MiB", "2GiB", "1048576"; units are powers of
+// 1024, spelled as GOMEMLIMIT spells them.
+func parseByteSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, errors.New("want a byte count such as 1073741824, 512MiB or 2GiB")
+	}
+	return n * mult, nil
+}
+
+// apply sets the collector's knobs. A zero memory limit and a zero GC
+// percent leave the runtime's own settings (GOMEMLIMIT, GOGC) alone.
+func (r *runtimeOptions) apply(log *slog.Logger) {
+	if r.gcPercent != 0 {
+		debug.SetGCPercent(r.gcPercent)
+	}
+	if r.memoryLimit > 0 {
+		debug.SetMemoryLimit(int64(r.memoryLimit))
+	}
+	if r.gcPercent != 0 || r.memoryLimit > 0 {
+		gc := debug.SetGCPercent(100)
+		debug.SetGCPercent(gc)
+		log.Info("go runtime memory settings", "gc_percent", gc, "memory_limit", debug.SetMemoryLimit(-1))
+	}
+}
+
+// servePprof serves net/http/pprof on addr until the process exits. It is
+// a separate listener so that profiles are never reachable through the
+// public one. It returns once the listener is bound.
+func servePprof(addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on --pprof-listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("pprof listener stopped", "err", err)
+		}
+	}()
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return nil
+}
