@@ -22,6 +22,10 @@ type heartbeats struct {
 	interval int64         // immutable, nanoseconds
 	timeout  int64         // immutable, nanoseconds
 	shards   []heartbeatShard
+
+	// owned by advance: connections pinged, by flusher index, handed to
+	// each flusher in one batch per shard (as a fan-out does)
+	ready [][]*conn
 }
 
 type heartbeatShard struct {
@@ -54,6 +58,7 @@ func newHeartbeats(s *Server, shards int) *heartbeats {
 		interval: int64(interval),
 		timeout:  int64(s.cfg.PongTimeout),
 		shards:   make([]heartbeatShard, shards),
+		ready:    make([][]*conn, len(s.flushers)),
 	}
 	for i := range h.shards {
 		h.shards[i].wheel = ring.New[*conn](tick, slots)
@@ -156,7 +161,10 @@ func (h *heartbeats) advance(now time.Time) {
 			fired[j] = heartbeatAction{}
 			switch a.kind {
 			case hbPing:
-				a.c.send(pingFrame)
+				if a.c.enqueue(pingFrame) {
+					i := a.c.id % uint64(len(h.ready)) // a.c.flusher()'s index
+					h.ready[i] = append(h.ready[i], a.c)
+				}
 			case hbTimeout:
 				h.srv.m.heartbeatTimeouts.Inc()
 				h.srv.closeConn(a.c, proto.CloseHeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout")
@@ -165,6 +173,11 @@ func (h *heartbeats) advance(now time.Time) {
 			case hbHardClose:
 				_ = a.c.nc.Close()
 			}
+		}
+		for i, ready := range h.ready {
+			h.srv.flushers[i].pushAll(ready)
+			clear(ready)
+			h.ready[i] = ready[:0]
 		}
 	}
 }
