@@ -331,13 +331,25 @@ func (p *poller) readWriteLoop() {
 					}
 
 					if ev.Events&epollEventsError != 0 {
-						_ = c.closeWithError(io.EOF)
+						_ = c.closeWithError(socketError(fd))
 						continue
 					}
 				}
 			}
 		}
 	}
+}
+
+// socketError returns fd's pending error (SO_ERROR), such as ECONNRESET
+// after the peer's reset, or io.EOF when there is none. An error event that
+// arrives together with data is handled after the data was read, which
+// leaves the pending error in place: closing with io.EOF there named a
+// reset an orderly end of stream.
+func socketError(fd int) error {
+	if e, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR); err == nil && e != 0 {
+		return syscall.Errno(e)
+	}
+	return io.EOF
 }
 
 //go:norace

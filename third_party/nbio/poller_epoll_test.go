@@ -4,6 +4,8 @@
 package nbio
 
 import (
+	"errors"
+	"net"
 	"runtime"
 	"sync"
 	"syscall"
@@ -208,6 +210,52 @@ func TestStopBeforePollersRun(t *testing.T) {
 		case <-stopped:
 		case <-time.After(5 * time.Second):
 			t.Fatalf("run %d: Stop did not return", i)
+		}
+	}
+}
+
+// TestResetAfterDataIsNotEOF checks that a peer that writes and then resets
+// the connection (SO_LINGER 0) is closed with ECONNRESET, not io.EOF: the
+// poller gets the data and the error in one event, reads the data, and must
+// then report the socket's pending error.
+func TestResetAfterDataIsNotEOF(t *testing.T) {
+	g := NewEngine(Config{NPoller: 1})
+	closed := make(chan error, 1)
+	g.OnClose(func(_ *Conn, err error) { closed <- err })
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for i := 0; i < 20; i++ {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Write([]byte("last words")); err != nil {
+			t.Fatal(err)
+		}
+		_ = client.(*net.TCPConn).SetLinger(0)
+		_ = client.Close()
+		time.Sleep(10 * time.Millisecond) // the reset arrives before the poller looks
+		if _, err := g.AddConn(server); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-closed:
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("attempt %d: closed with %v, want ECONNRESET", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("attempt %d: not closed", i)
 		}
 	}
 }
