@@ -119,6 +119,10 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	ch.mu.Lock()
 	sub.idx = int32(len(ch.subs))
 	ch.subs = append(ch.subs, sub)
+	// Counted as it joins the channel, as removeSub uncounts it as it
+	// leaves: a subscribe that finds its connection closed below removes it
+	// again.
+	s.m.subscriptions.Add(1)
 	// Fast path: the node already delivers this channel live, so the last
 	// message it delivered is the channel's position as far as this
 	// subscriber can tell, and the client needs nothing from history.
@@ -148,7 +152,6 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	sub.nextOfConn = c.subs
 	c.subs = sub
 	c.mu.Unlock()
-	s.m.subscriptions.Add(1)
 	if first && f.Since != nil {
 		s.lifetimes.resumed(time.Now().UnixNano(), c.opened)
 	}

@@ -124,6 +124,17 @@ func TestStressChurn(t *testing.T) {
 	wg.Wait()
 	close(stop)
 	pubWG.Wait()
+	defer func() {
+		if t.Failed() {
+			t.Logf("conns %d index %d subs %v channels %v handshakes %d", ts.Connections(), ts.index.count(),
+				ts.metric(t, "tether_subscriptions"), ts.metric(t, "tether_channels"), ts.m.handshakes.Load())
+			for _, c := range ts.conns.snapshot() {
+				c.mu.Lock()
+				t.Logf("conn %d closing %v closed %v queued %v pending %d disconnect %q hardClose %d", c.id, c.closing, c.closed, c.queued, len(c.pending), c.disconnect, c.hardClose)
+				c.mu.Unlock()
+			}
+		}
+	}()
 	eventually(t, 5*time.Second, func() bool {
 		return ts.Connections() == 0 && ts.index.count() == 0 &&
 			ts.metric(t, "tether_subscriptions") == 0 && ts.metric(t, "tether_channels") == 0
