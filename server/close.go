@@ -17,17 +17,29 @@ import (
 // peer could lose the close frame that says why. It reports whether this
 // call started the close.
 func (c *conn) sendClose(code int, reason string, preface []byte) bool {
+	return c.queueClose(closeFrame(code, reason), preface, "", false)
+}
+
+// queueClose queues preface (if any) and the close frame as the last frames
+// of c, records disconnect as the reason unless one is set, and makes sure
+// the socket is closed: once the frame is written when thenClose is set,
+// within closeGrace in any case. It reports false, and does nothing, when c
+// is already closing.
+func (c *conn) queueClose(frame, preface []byte, disconnect string, thenClose bool) bool {
 	c.mu.Lock()
 	if c.closing || c.closed {
 		c.mu.Unlock()
 		return false
 	}
 	c.closing = true
+	c.closeAfterFlush = thenClose
+	if c.disconnect == "" {
+		c.disconnect = disconnect
+	}
 	if preface != nil {
 		c.pending = append(c.pending, preface)
 	}
-	f := closeFrame(code, reason)
-	c.pending = append(c.pending, f)
+	c.pending = append(c.pending, frame)
 	schedule := !c.queued
 	c.queued = true
 	c.mu.Unlock()

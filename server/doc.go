@@ -31,8 +31,40 @@
 // No lock is held while calling into nbio except conn.mu-free paths: the
 // flusher writes with no lock of ours held.
 //
-// The bus handler is called with the bus's own channel lock held; it takes
+// The bus handler runs on the bus's own goroutines (the local bus's
+// delivery goroutines, the Redis bus's pub/sub readers) and takes
 // channel.mu and below. Bus.Subscribe and Bus.Unsubscribe never block, so
 // they may be called under channel.mu. Bus.History and Bus.Publish are never
 // called with any of these locks held.
+//
+// # Where to find
+//
+//	concern                                               file
+//	Server: New, Start, Shutdown, the stop sequence       server.go
+//	Config, defaults and the zero value of every bound    config.go
+//	every goroutine of the server, counted by name        goroutines.go
+//	nbio's callbacks: open, data, close; socket bound     engine.go
+//	TLS: handshake goroutine, pipe, decrypting, reload    tls.go
+//	HTTP before the upgrade: requests, bodies, answers    httpconn.go
+//	the request head parser (RFC 9112)                    httpreq.go
+//	the upgrade: handshake checks, admission, 101         upgrade.go
+//	JWT, origins, API credentials, glob patterns          auth.go
+//	the WebSocket read state machine (RFC 6455)           wsread.go
+//	a connection's frames: rate, ping, close, protocol    wsconn.go
+//	a connection: state, queue, the connection set        conn.go
+//	closing one connection: reasons, slow consumers       close.go
+//	token buckets (accept rate, client frame rate)        ratelimit.go
+//	writes: flushers, coalescing                          flush.go
+//	client frames decoded, server frames encoded          protocol.go
+//	error frames                                          errors.go
+//	channel index, subscribe, unsubscribe, publish        channels.go
+//	recovery: the subscription's state machine            recovery.go
+//	fan-out of one message to a channel's subscribers     fanout.go
+//	heartbeats on the timing wheel, close deadlines       heartbeat.go
+//	connection lifetimes, the LB idle-timeout detector    lifetime.go
+//	HTTP API, health checks, static files                 api.go
+//	the private API listener (--api-listen)               apilisten.go
+//	drain                                                 drain.go
+//	metrics                                               metrics.go
+//	race-detector edges for nbio's hand-off               race_on.go, race_off.go
 package server

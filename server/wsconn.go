@@ -128,29 +128,13 @@ func (c *conn) isClosing() bool {
 // written, so that the server, not the client, holds the TIME_WAIT state
 // (RFC 6455 section 7.1.1).
 func (c *conn) answerClose(code int) {
-	c.mu.Lock()
-	if c.closing || c.closed {
-		c.mu.Unlock()
-		_ = c.nc.Close()
-		return
-	}
-	if c.disconnect == "" {
-		c.disconnect = reasonCloseFrame
-	}
-	c.closing = true
-	c.closeAfterFlush = true
 	var p []byte
 	if code != wsframe.CloseNoStatus {
 		p = wsframe.AppendClose(make([]byte, 0, 2), code, "")
 	}
-	c.pending = append(c.pending, frameFromPayload(wsframe.OpClose, p))
-	schedule := !c.queued
-	c.queued = true
-	c.mu.Unlock()
-	if schedule {
-		c.flusher().push(c)
+	if !c.queueClose(frameFromPayload(wsframe.OpClose, p), nil, reasonCloseFrame, true) {
+		_ = c.nc.Close() // our own close frame was answered
 	}
-	c.srv.heartbeats.scheduleHardClose(c)
 }
 
 // onText handles one protocol frame from the client.

@@ -2,6 +2,14 @@
 // processes (standalone and cluster), HAProxy and nginx in front of test
 // nodes, wait helpers and a goroutine-leak check. It is imported by tests
 // only.
+//
+// Where to find:
+//
+//	redis.go  redis-server (standalone, cluster, cluster with replicas),
+//	          free ports, skip-or-fail when a binary is missing
+//	lb.go     haproxy and nginx from a config template
+//	tlsca.go  a test certificate authority and server certificate files
+//	wait.go   Eventually, CheckGoroutines
 package testutil
 
 import (

@@ -4,6 +4,8 @@
 // its ReadFrame serves the fake servers of tests too. It is not for
 // production use: it allocates per frame and checks little beyond the
 // frame header rules.
+//
+// Where to find: everything is in wstest.go (Dial, WriteFrame, ReadFrame).
 package wstest
 
 import (
