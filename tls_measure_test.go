@@ -22,6 +22,9 @@ import (
 // TLS, with the real binary. It runs only with TETHER_MEASURE=1:
 //
 //	TETHER_MEASURE=1 TETHER_CONNS=15000 go test -run TestMeasureTLS -v .
+//
+// TETHER_MODES (e.g. "tls,plain") picks the runs and TETHER_NODE_ARGS adds
+// flags to the node (e.g. "--gc-percent 25").
 func TestMeasureTLS(t *testing.T) {
 	if os.Getenv("TETHER_MEASURE") == "" {
 		t.Skip("a measurement: set TETHER_MEASURE=1")
@@ -38,6 +41,9 @@ func TestMeasureTLS(t *testing.T) {
 	}
 	for _, mode := range modes {
 		args := []string{"--max-conns", "19500", "--accept-rate", "-1", "--ping-interval", "1h"}
+		if extra := os.Getenv("TETHER_NODE_ARGS"); extra != "" {
+			args = append(args, strings.Fields(extra)...)
+		}
 		var cfg *tls.Config
 		if mode == "tls" {
 			args = append(args, "--tls-cert", ca.CertFile, "--tls-key", ca.KeyFile)
