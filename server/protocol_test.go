@@ -256,21 +256,31 @@ func FuzzGlobMatch(f *testing.F) {
 	})
 }
 
-// globRef is an obviously correct (exponential) reference matcher.
+// globRef is an obviously correct reference matcher: the recursive
+// definition of '*' and '?', memoised on (pattern offset, string offset) so
+// that patterns of many stars, which made the plain recursion exponential
+// and hung the fuzzer, stay O(len(p)·len(s)).
 func globRef(p, s string) bool {
-	if p == "" {
-		return s == ""
-	}
-	switch p[0] {
-	case '*':
-		for i := 0; i <= len(s); i++ {
-			if globRef(p[1:], s[i:]) {
-				return true
-			}
+	memo := make(map[[2]int]bool)
+	var match func(i, j int) bool
+	match = func(i, j int) bool {
+		key := [2]int{i, j}
+		if v, ok := memo[key]; ok {
+			return v
 		}
-		return false
-	case '?':
-		return s != "" && globRef(p[1:], s[1:])
+		var v bool
+		switch {
+		case i == len(p):
+			v = j == len(s)
+		case p[i] == '*':
+			v = match(i+1, j) || (j < len(s) && match(i, j+1))
+		case p[i] == '?':
+			v = j < len(s) && match(i+1, j+1)
+		default:
+			v = j < len(s) && s[j] == p[i] && match(i+1, j+1)
+		}
+		memo[key] = v
+		return v
 	}
-	return s != "" && s[0] == p[0] && globRef(p[1:], s[1:])
+	return match(0, 0)
 }
