@@ -130,6 +130,9 @@ type Engine struct {
 	isOneshot bool
 
 	wgConn sync.WaitGroup
+	// wgAcceptors counts the running acceptor loops (tether patch 6): Stop
+	// waits for them before it closes the open conns.
+	wgAcceptors sync.WaitGroup
 
 	// store std connections, for Windows only.
 	connsStd map[*Conn]struct{}
@@ -201,6 +204,11 @@ func (g *Engine) Stop() {
 	for _, l := range g.listeners {
 		l.stop()
 	}
+	// tether patch 6: an acceptor may still be adding a conn it accepted
+	// just before its listener closed. Wait for every acceptor to return,
+	// so that the snapshot below holds every conn and no onOpen's
+	// wgConn.Add races with the wgConn.Wait below (docs/nbio-patches.md).
+	g.wgAcceptors.Wait()
 
 	g.mux.Lock()
 	conns := g.connsStd

@@ -92,7 +92,11 @@ func (g *Engine) Start() error {
 	// Start TCP/Unix listener pollers.
 	for _, l := range g.listeners {
 		g.Add(1)
-		go l.start()
+		g.wgAcceptors.Add(1)
+		go func(l *poller) {
+			defer g.wgAcceptors.Done()
+			l.start()
+		}(l)
 	}
 
 	// Start UDP listener pollers.

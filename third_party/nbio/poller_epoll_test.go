@@ -259,3 +259,65 @@ func TestResetAfterDataIsNotEOF(t *testing.T) {
 		}
 	}
 }
+
+// TestStopWhileAccepting checks that Stop does not race with connections
+// the acceptor is still adding. Stop used to snapshot the open conns and
+// wait for their closes while the acceptor, whose listener it had just
+// closed, could still be adding a conn it had accepted a moment before: the
+// add's wgConn.Add(1) from zero raced with Stop's wgConn.Wait (the race
+// detector reports it), and a conn added after the snapshot was never
+// closed, so Stop waited for its peer to hang up.
+//
+// Clients dial in a loop and keep their conns open while Stop runs; under
+// -race the window is hit within a few dozen runs without the fix.
+func TestStopWhileAccepting(t *testing.T) {
+	for i := 0; i < 30; i++ {
+		g := NewEngine(Config{Network: "tcp", Addrs: []string{"127.0.0.1:0"}, NPoller: 2})
+		g.OnOpen(func(c *Conn) {})
+		g.OnClose(func(c *Conn, err error) {})
+		if err := g.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr := g.listeners[0].listener.Addr().String()
+		quit := make(chan struct{})
+		var dialers sync.WaitGroup
+		var mu sync.Mutex
+		var held []net.Conn
+		for d := 0; d < 4; d++ {
+			dialers.Add(1)
+			go func() {
+				defer dialers.Done()
+				for {
+					select {
+					case <-quit:
+						return
+					default:
+					}
+					c, err := net.DialTimeout("tcp", addr, time.Second)
+					if err != nil {
+						continue
+					}
+					mu.Lock()
+					held = append(held, c)
+					mu.Unlock()
+				}
+			}()
+		}
+		time.Sleep(5 * time.Millisecond)
+		stopped := make(chan struct{})
+		go func() {
+			g.Stop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("run %d: Stop did not return while clients held their conns", i)
+		}
+		close(quit)
+		dialers.Wait()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}
+}
