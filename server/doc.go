@@ -58,6 +58,7 @@
 //	client frames decoded, server frames encoded          protocol.go
 //	error frames                                          errors.go
 //	channel index, subscribe, unsubscribe, publish        channels.go
+//	server-initiated unsubscribe (unsubscribed + reason)   unsubscribe.go
 //	recovery: the subscription's state machine            recovery.go
 //	fan-out of one message to a channel's subscribers     fanout.go
 //	heartbeats on the timing wheel, close deadlines       heartbeat.go

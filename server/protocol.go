@@ -183,6 +183,16 @@ func appendUnsubscribed(dst []byte, channel string, id json.RawMessage) []byte {
 	return append(dst, '}')
 }
 
+// appendUnsubscribedBy appends the frame of a subscription the server
+// ended on its own, with its reason (proto.ReasonForbidden …).
+func appendUnsubscribedBy(dst []byte, channel, reason string) []byte {
+	dst = append(dst, `{"op":"unsubscribed","channel":`...)
+	dst = appendJSONString(dst, channel)
+	dst = append(dst, `,"reason":`...)
+	dst = appendJSONString(dst, reason)
+	return append(dst, '}')
+}
+
 func appendAck(dst []byte, id json.RawMessage, offset uint64) []byte {
 	dst = append(dst, `{"op":"ack"`...)
 	dst = appendID(dst, id)

@@ -23,6 +23,20 @@ const (
 	OpReconnect    = "reconnect"
 )
 
+// Reasons of a server-initiated unsubscribed frame: the "reason" field of
+// {"op":"unsubscribed","channel":…,"reason":…}, sent when the server ends a
+// subscription the client did not ask to end (docs/protocol.md). An
+// unsubscribed frame that answers the client's own unsubscribe has no
+// reason.
+const (
+	// ReasonForbidden: the connection's claims no longer allow the channel
+	// (a refreshed token dropped it).
+	ReasonForbidden = "forbidden"
+	// ReasonServer: the application ended the subscription through the
+	// HTTP API.
+	ReasonServer = "server"
+)
+
 // Error codes: the "code" field of an error frame, and of the JSON body of
 // a refused HTTP request (docs/protocol.md, "Error codes").
 const (
