@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -112,7 +113,8 @@ type backend interface {
 
 // Bus is a message bus for one node. Its methods are safe for concurrent use.
 type Bus struct {
-	be backend
+	be  backend
+	ctl atomic.Pointer[control] // set by StartControl (control.go)
 }
 
 // SetHandler sets the receiver of delivered messages. It must be called
@@ -176,7 +178,10 @@ func (b *Bus) History(ctx context.Context, channel string, since *Position) (His
 func (b *Bus) Stats() Stats { return b.be.stats() }
 
 // Close stops the bus. Publishes after Close fail with ErrClosed.
-func (b *Bus) Close() error { return b.be.close() }
+func (b *Bus) Close() error {
+	b.closeControl()
+	return b.be.close()
+}
 
 // Config bounds a bus's history. It is shared by all implementations.
 //

@@ -59,7 +59,8 @@ type local struct {
 	// handler is set before the first publish; a node restarted on the same
 	// bus sets it again.
 	handler  atomic.Pointer[Handler]
-	delivery localDelivery // hands messages to handler.OnMessage
+	delivery localDelivery  // hands messages to handler.OnMessage
+	ctl      localTransport // the control plane (control_local.go)
 
 	closed atomic.Bool
 	// Channels are sharded by name so that the sweeper, which visits every
