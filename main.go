@@ -76,6 +76,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxMessageSize, "max-message-size", 64<<10, "max publish payload in bytes; larger client frames are closed with 1009")
 	fs.IntVar(&c.MaxConnBuffer, "max-conn-buffer", 1<<20, "max bytes pending per connection before it is closed as a slow consumer (4009)")
 	fs.IntVar(&c.MaxSubsPerConn, "max-subs-per-conn", 100, "max subscriptions per connection; -1 = no bound")
+	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 0, "max connections of one user (token sub) on this node; over it the upgrade gets 429; 0 = no bound")
+	fs.DurationVar(&c.ClusterTimeout, "cluster-timeout", 2*time.Second, "how long a cluster-wide API command waits for every node's answer before answering partial; 0 = 2s")
 	fs.Float64Var(&c.ClientMsgRate, "client-msg-rate", 50, "max frames per second per client; over it an error, then close 4029; -1 = no bound")
 	fs.IntVar(&c.ClientMsgBurst, "client-msg-burst", 0, "burst of --client-msg-rate; 0 = twice the rate")
 	fs.IntVar(&o.busCfg.HistorySize, "history-size", 100, "messages kept per channel for recovery; -1 = none")

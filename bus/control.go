@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -104,12 +105,13 @@ type envelope struct {
 type control struct {
 	// immutable after StartControl
 	node   string
-	handle ControlFunc
 	tr     transport
 	log    *slog.Logger
 	slots  chan struct{}
 	done   chan struct{}
 	wg     sync.WaitGroup
+
+	handle atomic.Pointer[ControlFunc] // replaced by a later StartControl
 
 	mu      sync.Mutex // guards pending, closed
 	pending map[string]*gathering
@@ -123,9 +125,17 @@ type gathering struct {
 }
 
 // StartControl joins the control plane as node, answering commands with
-// handle. It must be called at most once, before Request. log, if not nil,
-// receives the plane's failures.
+// handle. Called again with the same node (a server restarted on the same
+// bus), it only replaces handle; with another node it fails. log, if not
+// nil, receives the plane's failures.
 func (b *Bus) StartControl(node string, handle ControlFunc, log *slog.Logger) error {
+	if c := b.ctl.Load(); c != nil {
+		if c.node != node {
+			return fmt.Errorf("bus: control plane already started as %q", c.node)
+		}
+		c.handle.Store(&handle)
+		return nil
+	}
 	ct, ok := b.be.(controlTransporter)
 	if !ok {
 		return errors.New("bus: this backend has no control plane")
@@ -134,11 +144,12 @@ func (b *Bus) StartControl(node string, handle ControlFunc, log *slog.Logger) er
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &control{
-		node: node, handle: handle, tr: ct.controlTransport(), log: log,
+		node: node, tr: ct.controlTransport(), log: log,
 		slots:   make(chan struct{}, maxControlHandlers),
 		done:    make(chan struct{}),
 		pending: make(map[string]*gathering),
 	}
+	c.handle.Store(&handle)
 	if !b.ctl.CompareAndSwap(nil, c) {
 		return errors.New("bus: control plane already started")
 	}
@@ -287,7 +298,7 @@ func (c *control) deliver(raw []byte) {
 		go func() {
 			defer c.wg.Done()
 			defer func() { <-c.slots }()
-			body := c.handle(e.Body)
+			body := (*c.handle.Load())(e.Body)
 			out, _ := json.Marshal(envelope{Kind: "r", ID: e.ID, From: c.node, Body: body})
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

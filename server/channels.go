@@ -84,25 +84,40 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		c.replyError(f.ID, errf(proto.CodeForbidden, "not allowed to subscribe to this channel"))
 		return
 	}
+	if e := s.join(c, f); e != nil {
+		c.replyError(f.ID, e)
+	}
+}
+
+// Refusals of join.
+var (
+	errAlreadySubscribed = errf(proto.CodeLimit, "already subscribed")
+	errTooManySubs       = errf(proto.CodeLimit, "too many subscriptions on this connection")
+)
+
+// join subscribes c to f.Channel, permission granted, and answers with a
+// subscribed frame (now or after recovery). It returns errAlreadySubscribed
+// or errTooManySubs without sending anything; it does nothing when c is
+// closing. The client's subscribe and the HTTP API's (api_cluster.go) call
+// it.
+func (s *Server) join(c *conn, f clientFrame) *protoError {
 	c.mu.Lock()
 	first := c.subs == nil
 	n := 0
 	for sub := c.subs; sub != nil; sub = sub.nextOfConn {
 		if sub.ch.name == f.Channel {
 			c.mu.Unlock()
-			c.replyError(f.ID, errf(proto.CodeLimit, "already subscribed"))
-			return
+			return errAlreadySubscribed
 		}
 		n++
 	}
 	if max := s.cfg.MaxSubsPerConn; max > 0 && n >= max {
 		c.mu.Unlock()
-		c.replyError(f.ID, errf(proto.CodeLimit, "too many subscriptions on this connection"))
-		return
+		return errTooManySubs
 	}
 	if c.closing || c.closed {
 		c.mu.Unlock()
-		return
+		return nil
 	}
 	c.mu.Unlock()
 
@@ -147,7 +162,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 	if c.closed {
 		c.mu.Unlock()
 		s.removeSub(sub)
-		return
+		return nil
 	}
 	sub.nextOfConn = c.subs
 	c.subs = sub
@@ -159,7 +174,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		if f.Since != nil {
 			s.m.recovered.Inc()
 		}
-		return
+		return nil
 	}
 
 	var since *bus.Position
@@ -167,6 +182,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		since = &bus.Position{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
 	}
 	s.recoveries.push(recoveryJob{sub: sub, since: since, id: f.ID})
+	return nil
 }
 
 func (s *Server) unsubscribe(c *conn, f clientFrame) {

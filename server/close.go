@@ -92,6 +92,9 @@ func (s *Server) onClose(c *conn, err error) {
 	}
 	s.conns.remove(c)
 	s.m.conns.Add(-1)
+	if s.countsUser(c) {
+		s.userConns.release(c.auth.sub)
+	}
 	s.m.disconnect(reason)
 	end := time.Now().UnixNano()
 	s.lifetimes.observe(end, time.Duration(end-c.opened), time.Duration(s.clock.Load()-c.lastSeen.Load()), reason)

@@ -71,6 +71,15 @@ type Config struct {
 	// (so at most twice this per connection); a connection over it is a slow
 	// consumer and is closed with 4009. If zero, 1 MiB is used.
 	MaxConnBuffer int
+	// MaxConnsPerUser bounds the connections one user (a token's sub) may
+	// hold open on this node; an upgrade over it is refused with 429 and a
+	// JSON error (code "limit"). The bound is node-local: across N nodes a
+	// user may hold up to N times as many. If zero, there is no bound.
+	MaxConnsPerUser int
+	// ClusterTimeout bounds how long a cluster-wide API command (api_cluster.go)
+	// waits for every node's answer; the nodes that did not answer by then
+	// are listed as missing. If zero, 2s is used.
+	ClusterTimeout time.Duration
 	// MaxSubsPerConn bounds subscriptions per connection.
 	// If zero, 100 is used. Negative means no bound.
 	MaxSubsPerConn int
@@ -176,6 +185,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxConnBuffer <= 0 {
 		c.MaxConnBuffer = 1 << 20
+	}
+	if c.ClusterTimeout <= 0 {
+		c.ClusterTimeout = 2 * time.Second
 	}
 	if c.MaxSubsPerConn == 0 {
 		c.MaxSubsPerConn = 100

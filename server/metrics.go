@@ -42,8 +42,8 @@ type serverMetrics struct {
 }
 
 var (
-	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request"}
-	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "eof", "reset", "error"}
+	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request", "max_conns_per_user"}
+	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "eof", "reset", "error", "api"}
 	protoErrorCodes   = []string{proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound, proto.CodeTooLarge, proto.CodeRateLimited, proto.CodeLimit, proto.CodeUnavailable, "binary"}
 )
 

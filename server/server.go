@@ -31,6 +31,7 @@ type Server struct {
 	index      *index
 	flushers   []*flusher
 	heartbeats *heartbeats
+	apiCmds    apiCommandMetrics
 	handler    http.Handler // the public listener's, for requests other than the upgrade
 	tlsConfig  *tls.Config  // nil without Config.TLSCert
 
@@ -50,6 +51,10 @@ type Server struct {
 	admit    tokenBucket
 
 	conns connSet
+
+	startedAt time.Time // set by Start (cluster.go's info)
+	samples   samples   // the admin page's charts (samples.go)
+	userConns userConns // per-user connection counts (userconns.go)
 
 	mu      sync.Mutex // guards engine, api, addr, started, stopped
 	engine  *nbio.Engine
@@ -106,6 +111,7 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 	s.scratchPool.New = func() any { return &fanoutScratch{ready: make([][]*conn, len(s.flushers))} }
 	s.syncPool.New = func() any { return new(fanoutSync) }
 	s.heartbeats = newHeartbeats(s, 4*runtime.GOMAXPROCS(0))
+	s.apiCmds = newAPICommandMetrics(cfg.Metrics)
 	s.handler, s.apiHandler = s.routes()
 	if cfg.TLSCert != "" {
 		cert, err := loadCertificate(cfg.TLSCert, cfg.TLSKey)
@@ -169,6 +175,9 @@ func (s *Server) Start() error {
 		s.goroutines.start("recovery", s.recoveryWorker)
 	}
 	s.goroutines.start("heartbeats", func() { s.heartbeats.run(s.done) })
+	s.startedAt = time.Now()
+	s.goroutines.start("sampler", s.sampleLoop)
+	s.startControl()
 	s.log.Info("tether listening", "addr", s.addr.String(), "api_addr", s.cfg.APIListen, "node", s.cfg.NodeID,
 		"max_conns", s.cfg.MaxConns, "auth", len(s.cfg.JWTSecret) > 0)
 	return nil

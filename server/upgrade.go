@@ -72,6 +72,13 @@ func (h *httpConn) upgrade(head *requestHead, rest []byte) {
 		h.refuseBusy("too many new connections: retry later")
 		return
 	}
+	if auth != nil && s.cfg.MaxConnsPerUser > 0 && !s.userConns.acquire(auth.sub, s.cfg.MaxConnsPerUser) {
+		s.m.conns.Add(-1)
+		s.m.reject("max_conns_per_user")
+		h.refuse(http.StatusTooManyRequests, proto.CodeLimit,
+			"this user has "+strconv.Itoa(s.cfg.MaxConnsPerUser)+" connections open on this node already (--max-conns-per-user)")
+		return
+	}
 	h.accept(head.header.Get("Sec-Websocket-Key"), auth, rest)
 }
 
@@ -93,6 +100,9 @@ func (h *httpConn) accept(key string, auth *claims, rest []byte) {
 	})...)
 	if _, err := c.write(b); err != nil {
 		s.m.conns.Add(-1)
+		if s.countsUser(c) {
+			s.userConns.release(auth.sub)
+		}
 		h.state = httpDone
 		return // the socket is closing: onClose ends the HTTP phase
 	}
