@@ -104,12 +104,12 @@ type envelope struct {
 // control is one node's side of the control plane.
 type control struct {
 	// immutable after StartControl
-	node   string
-	tr     transport
-	log    *slog.Logger
-	slots  chan struct{}
-	done   chan struct{}
-	wg     sync.WaitGroup
+	node  string
+	tr    transport
+	log   *slog.Logger
+	slots chan struct{}
+	done  chan struct{}
+	wg    sync.WaitGroup
 
 	handle atomic.Pointer[ControlFunc] // replaced by a later StartControl
 
