@@ -73,9 +73,15 @@ type History struct {
 // OnGap is called when the bus lost messages of a channel and cannot repair
 // the loss from history (for example Redis restarted empty): subscribers must
 // resync by other means. top is the channel's new position.
+//
+// OnPresence is called, on a bus goroutine, with one node's announced
+// joins and leaves of channel (PresenceChange.Announce) of one
+// PresenceWindow, in order, on every node interested in channel; clients is
+// the channel's presence count once they were applied.
 type Handler struct {
-	OnMessage func(m Message)
-	OnGap     func(channel string, top Position)
+	OnMessage  func(m Message)
+	OnGap      func(channel string, top Position)
+	OnPresence func(channel string, clients int, events []PresenceEvent)
 }
 
 // Stats is a snapshot of a bus's state for /readyz and metrics.
@@ -113,8 +119,9 @@ type backend interface {
 
 // Bus is a message bus for one node. Its methods are safe for concurrent use.
 type Bus struct {
-	be  backend
-	ctl atomic.Pointer[control] // set by StartControl (control.go)
+	be   backend
+	ctl  atomic.Pointer[control] // set by StartControl (control.go)
+	pres presenceStore
 }
 
 // SetHandler sets the receiver of delivered messages. It must be called

@@ -14,7 +14,8 @@ import (
 // live in this process's memory; a channel's state is freed once nobody is
 // interested in it and its history has expired.
 func NewLocal(cfg Config) *Bus {
-	return &Bus{be: newLocal(cfg, time.Now)}
+	l := newLocal(cfg, time.Now)
+	return &Bus{be: l, pres: newLocalPresence(l)}
 }
 
 // newLocal returns the in-process backend, reading the time from now.

@@ -51,6 +51,12 @@ type RedisConfig struct {
 	// KeyPrefix starts every Redis key and pub/sub channel of this bus. It
 	// must not contain braces. If empty, "tether:" is used.
 	KeyPrefix string
+	// PresenceTTL is how long the presence members a node wrote outlive
+	// its last refresh (every PresenceTTL/3): a node that crashed is out
+	// of every presence count at most PresenceTTL + PresenceTTL/3 (the
+	// janitors' period) plus one cleaning pass after its last refresh. If
+	// zero, 15 seconds is used.
+	PresenceTTL time.Duration
 }
 
 func (c RedisConfig) withDefaults() RedisConfig {
@@ -72,6 +78,9 @@ func (c RedisConfig) withDefaults() RedisConfig {
 	}
 	if c.KeyPrefix == "" {
 		c.KeyPrefix = "tether:"
+	}
+	if c.PresenceTTL <= 0 {
+		c.PresenceTTL = 15 * time.Second
 	}
 	return c
 }
@@ -187,7 +196,8 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 	for _, l := range b.links {
 		l.start()
 	}
-	return &Bus{be: b}, nil
+	b.pres = newRedisPresence(b)
+	return &Bus{be: b, pres: b.pres}, nil
 }
 
 // redisBus is the Redis backend. Lock order: mu, then link.mu;
@@ -212,6 +222,7 @@ type redisBus struct {
 	done         chan struct{} // closed by close
 	wg           sync.WaitGroup
 
+	pres     *redisPresence // set once by NewRedis
 	handler  atomic.Pointer[Handler]
 	healthy  atomic.Bool // Redis answered the last command or ping
 	needLoad atomic.Bool // the publish script may be missing from Redis
@@ -383,6 +394,7 @@ func (b *redisBus) close() error {
 	}
 	b.closed = true
 	b.queueMu.Unlock()
+	b.pres.stop()
 	close(b.done)
 	b.cancel()
 	b.mu.Lock()
@@ -417,6 +429,10 @@ type redisMetrics struct {
 	errDecode       *metrics.Counter
 	errKeepalive    *metrics.Counter
 	errPing         *metrics.Counter
+
+	errPresence           *metrics.Counter
+	presenceDuration      *metrics.Histogram
+	presenceOwnersCleaned *metrics.Counter
 }
 
 func newRedisMetrics(set *metrics.Set, b *redisBus) redisMetrics {
@@ -442,5 +458,9 @@ func newRedisMetrics(set *metrics.Set, b *redisBus) redisMetrics {
 		errDecode:       set.NewCounter(`tether_bus_errors_total{op="decode"}`),
 		errKeepalive:    set.NewCounter(`tether_bus_errors_total{op="keepalive"}`),
 		errPing:         set.NewCounter(`tether_bus_errors_total{op="ping"}`),
+
+		errPresence:           set.NewCounter(`tether_bus_errors_total{op="presence"}`),
+		presenceDuration:      set.NewHistogram("tether_bus_presence_write_duration_seconds"),
+		presenceOwnersCleaned: set.NewCounter("tether_bus_presence_owners_cleaned_total"),
 	}
 }

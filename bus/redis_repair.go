@@ -44,6 +44,10 @@ func (b *redisBus) receive(name, payload string) {
 	if c == nil {
 		return
 	}
+	if strings.HasPrefix(payload, presencePayloadPrefix) {
+		b.pres.receive(c.name, payload)
+		return
+	}
 	epoch, off, data, ok := decodePayload(payload)
 	if !ok {
 		b.m.errDecode.Inc()
