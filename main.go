@@ -53,6 +53,9 @@ type options struct {
 	busLinger  time.Duration
 	busShards  int
 	busQueue   int
+	presence   string
+	joinLeave  string
+	presTTL    time.Duration
 	runtime    runtimeOptions
 }
 
@@ -100,6 +103,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.busLinger, "bus-linger", 3*time.Second, "keep a channel subscribed in Redis this long after its last local subscriber leaves")
 	fs.IntVar(&o.busShards, "bus-shards", 4, "Redis pub/sub connections, chosen by channel hash")
 	fs.IntVar(&o.busQueue, "bus-queue", 10000, "max publishes waiting for Redis; beyond it publishes fail fast with 503")
+	fs.StringVar(&o.presence, "presence", "", "comma-separated channel globs with presence (members and counts, the presence op, GET /api/presence); empty = none")
+	fs.StringVar(&o.joinLeave, "join-leave", "", "comma-separated channel globs whose joins and leaves are sent to subscribers (they have presence too); empty = none")
+	fs.IntVar(&c.PresenceMaxMembers, "presence-max-members", 100, "max members listed in a presence answer (counts stay exact); 0 = 100, -1 = none")
+	fs.IntVar(&c.JoinLeaveMax, "join-leave-max", 1000, "presence count above which a channel's joins and leaves are no longer sent (counted as suppressed); 0 = 1000, -1 = no bound")
+	fs.DurationVar(&o.presTTL, "presence-ttl", 15*time.Second, "with Redis: a crashed node's presence members are gone within 4/3 of this plus one cleaning pass; 0 = 15s")
 	fs.Var(&o.runtime.memoryLimit, "memory-limit", "soft limit of the Go runtime's memory (debug.SetMemoryLimit), e.g. 2GiB: GC runs earlier to stay under it; 0 = GOMEMLIMIT or none")
 	fs.IntVar(&o.runtime.gcPercent, "gc-percent", 0, "heap growth between GC cycles in percent (GOGC); 25 keeps RSS near the live heap; 0 = GOGC or 100")
 	fs.StringVar(&o.runtime.pprofListen, "pprof-listen", "", "private TCP address serving /debug/pprof/ (profiles); empty = off")
@@ -116,6 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			}
 		}
 	}
+	c.Presence, c.JoinLeave = splitList(o.presence), splitList(o.joinLeave)
 	secret, err := secretFrom(o.jwtFile, "TETHER_JWT_SECRET")
 	if err != nil {
 		return nil, err
@@ -128,6 +137,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("give --redis or --redis-cluster, not both")
 	}
 	return o, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // secretFrom reads a secret from file, or else from the environment.

@@ -14,11 +14,12 @@ import (
 func newRedisBus(ctx context.Context, o *options, log *slog.Logger, set *metrics.Set) (*bus.Bus, error) {
 	redis.SetLogger(&redisLogger{rateLimited{log: log}})
 	cfg := bus.RedisConfig{
-		Config:    o.busCfg,
-		URL:       o.redisURL,
-		Linger:    o.busLinger,
-		Shards:    o.busShards,
-		QueueSize: o.busQueue,
+		Config:      o.busCfg,
+		URL:         o.redisURL,
+		Linger:      o.busLinger,
+		Shards:      o.busShards,
+		QueueSize:   o.busQueue,
+		PresenceTTL: o.presTTL,
 	}
 	if o.redisNodes != "" {
 		for _, a := range strings.Split(o.redisNodes, ",") {

@@ -42,6 +42,7 @@ func (s *Server) routes() (public, private http.Handler) {
 func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("/api/publish", s.apiPublish)
 	s.clusterRoutes(mux)
+	mux.HandleFunc("/api/presence", s.apiPresence)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"status":"ok"}`)

@@ -58,6 +58,7 @@ func (x *index) count() int {
 // from the index, and marked dead, when its last subscriber leaves.
 type channel struct {
 	name string // immutable
+	pres uint8  // immutable: presence mode (presence.go)
 
 	mu     sync.Mutex
 	subs   []*subscription
@@ -126,7 +127,7 @@ func (s *Server) join(c *conn, f clientFrame) *protoError {
 	ch := sh.channels[f.Channel]
 	created := ch == nil
 	if created {
-		ch = &channel{name: f.Channel}
+		ch = &channel{name: f.Channel, pres: s.presenceMode(f.Channel)}
 		sh.channels[f.Channel] = ch
 		s.m.channels.Add(1)
 	}
@@ -138,6 +139,9 @@ func (s *Server) join(c *conn, f clientFrame) *protoError {
 	// leaves: a subscribe that finds its connection closed below removes it
 	// again.
 	s.m.subscriptions.Add(1)
+	if ch.pres != 0 {
+		s.presenceChangeLocked(c, ch, false)
+	}
 	// Fast path: the node already delivers this channel live, so the last
 	// message it delivered is the channel's position as far as this
 	// subscriber can tell, and the client needs nothing from history.
@@ -257,6 +261,9 @@ func (s *Server) removeSub(sub *subscription) {
 	ch.subs = ch.subs[:last]
 	sub.idx = -1
 	sub.rec.drop()
+	if ch.pres != 0 {
+		s.presenceChangeLocked(sub.c, ch, true)
+	}
 	empty := len(ch.subs) == 0
 	if empty {
 		ch.dead = true

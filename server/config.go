@@ -141,6 +141,24 @@ type Config struct {
 	// FanoutChunk is the number of subscribers above which a broadcast is
 	// split across fan-out workers. If zero, 2,048 is used.
 	FanoutChunk int
+
+	// Presence lists glob patterns (as in token claims) of the channels
+	// whose subscribers are tracked as presence members (presence.go). If
+	// empty, no channel has presence but those of JoinLeave.
+	Presence []string
+	// JoinLeave lists glob patterns of the channels whose joins and leaves
+	// are announced to their subscribers; they have presence too. If
+	// empty, none are.
+	JoinLeave []string
+	// PresenceMaxMembers bounds the members listed by a presence answer
+	// (the counts are always exact). If zero, 100 is used; negative lists
+	// none.
+	PresenceMaxMembers int
+	// JoinLeaveMax is the presence count above which a channel's joins and
+	// leaves are no longer sent to its subscribers (counted in
+	// tether_join_leave_events_total{result="suppressed"}). If zero, 1,000
+	// is used. Negative means no bound.
+	JoinLeaveMax int
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -224,6 +242,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FanoutChunk <= 0 {
 		c.FanoutChunk = 2048
+	}
+	if c.PresenceMaxMembers == 0 {
+		c.PresenceMaxMembers = 100
+	}
+	if c.JoinLeaveMax == 0 {
+		c.JoinLeaveMax = 1000
 	}
 	if c.MaxConnBuffer < c.MaxMessageSize+4096 {
 		return c, fmt.Errorf("%w: max conn buffer (%d) must exceed max message size (%d) by 4 KiB", ErrInvalidConfig, c.MaxConnBuffer, c.MaxMessageSize)

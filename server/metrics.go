@@ -39,6 +39,10 @@ type serverMetrics struct {
 	notRecovered       *metrics.Counter
 	apiErrors          *metrics.Counter
 	tlsHandshakeErrors *metrics.Counter
+
+	presenceEntries     atomic.Int64 // this node's presence members (presence.go)
+	joinLeaveEmitted    *metrics.Counter
+	joinLeaveSuppressed *metrics.Counter
 }
 
 var (
@@ -92,6 +96,9 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	m.notRecovered = set.NewCounter(`tether_recoveries_total{result="not_recovered"}`)
 	m.apiErrors = set.NewCounter("tether_api_errors_total")
 	m.tlsHandshakeErrors = set.NewCounter("tether_tls_handshake_errors_total")
+	set.NewGauge("tether_presence_entries", func() float64 { return float64(m.presenceEntries.Load()) })
+	m.joinLeaveEmitted = set.NewCounter(`tether_join_leave_events_total{result="emitted"}`)
+	m.joinLeaveSuppressed = set.NewCounter(`tether_join_leave_events_total{result="suppressed"}`)
 	return m
 }
 

@@ -57,6 +57,10 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		if len(f.Data) == 0 {
 			return f, errf(proto.CodeBadRequest, "publish needs data")
 		}
+	case proto.OpPresence:
+		if err := checkChannel(f.Channel); err != nil {
+			return f, err
+		}
 	case proto.OpPing, proto.OpPong:
 	case "":
 		return f, errf(proto.CodeBadRequest, "missing op")

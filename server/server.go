@@ -38,11 +38,12 @@ type Server struct {
 	cert       atomic.Pointer[tls.Certificate] // the TLS certificate of new handshakes (tls.go)
 	apiHandler http.Handler                    // the private listener's (Config.APIListen)
 
-	fanoutJobs  chan fanoutJob
-	scratchPool sync.Pool // *fanoutScratch
-	syncPool    sync.Pool // *fanoutSync
-	recoveries  recoveryQueue
-	httpSlots   chan struct{} // bounds HTTP requests answered at once (httpconn.go)
+	fanoutJobs    chan fanoutJob
+	scratchPool   sync.Pool // *fanoutScratch
+	syncPool      sync.Pool // *fanoutSync
+	recoveries    recoveryQueue
+	httpSlots     chan struct{} // bounds HTTP requests answered at once (httpconn.go)
+	presenceReads chan struct{} // bounds presence reads at once (presence.go)
 
 	clock    atomic.Int64 // coarse unix nanos, advanced by the heartbeat loop
 	nextID   atomic.Uint64
@@ -90,15 +91,16 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:        cfg,
-		bus:        b,
-		log:        log,
-		m:          newServerMetrics(cfg.Metrics),
-		index:      newIndex(),
-		fanoutJobs: make(chan fanoutJob, 256),
-		httpSlots:  make(chan struct{}, maxHTTPInFlight),
-		done:       make(chan struct{}),
-		allStopped: make(chan struct{}),
+		cfg:           cfg,
+		bus:           b,
+		log:           log,
+		m:             newServerMetrics(cfg.Metrics),
+		index:         newIndex(),
+		fanoutJobs:    make(chan fanoutJob, 256),
+		httpSlots:     make(chan struct{}, maxHTTPInFlight),
+		presenceReads: make(chan struct{}, maxPresenceReads),
+		done:          make(chan struct{}),
+		allStopped:    make(chan struct{}),
 	}
 	s.lifetimes = newLifetimes(cfg.Metrics, log, cfg.PingInterval, disconnectReasons)
 	s.recoveries.wake = make(chan struct{}, recoveryWorkers)
@@ -122,7 +124,7 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		s.tlsConfig = newTLSConfig(&s.cert)
 	}
 
-	b.SetHandler(bus.Handler{OnMessage: s.onBusMessage, OnGap: s.onBusGap})
+	b.SetHandler(bus.Handler{OnMessage: s.onBusMessage, OnGap: s.onBusGap, OnPresence: s.onBusPresence})
 	return s, nil
 }
 

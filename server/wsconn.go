@@ -154,5 +154,7 @@ func (c *conn) onText(data []byte) {
 		c.srv.unsubscribe(c, f)
 	case proto.OpPublish:
 		c.srv.clientPublish(c, f)
+	case proto.OpPresence:
+		c.srv.clientPresence(c, f)
 	}
 }

@@ -7,6 +7,7 @@ const (
 	OpSubscribe   = "subscribe"
 	OpUnsubscribe = "unsubscribe"
 	OpPublish     = "publish"
+	OpPresence    = "presence" // also the server's answer
 
 	// Sent by both sides: a liveness probe and its answer.
 	OpPing = "ping"
@@ -21,6 +22,8 @@ const (
 	OpError        = "error"
 	OpResync       = "resync"
 	OpReconnect    = "reconnect"
+	OpJoin         = "join"
+	OpLeave        = "leave"
 )
 
 // Reasons of a server-initiated unsubscribed frame: the "reason" field of
