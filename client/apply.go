@@ -50,6 +50,8 @@ func (c *Client) apply(conn *wsConn, f *inFrame) error {
 		if err := conn.writeText(pongJSON); err != nil {
 			return err
 		}
+	case proto.OpPresence, proto.OpJoin, proto.OpLeave:
+		c.applyPresence(f)
 	}
 	// pong, unsubscribed and unknown ops need nothing.
 	return nil

@@ -61,8 +61,9 @@ type request struct {
 }
 
 type reply struct {
-	offset uint64
-	err    error
+	offset   uint64
+	presence *Presence // the answer of a presence request
+	err      error
 }
 
 // Subscription is a client's subscription to one channel.

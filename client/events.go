@@ -28,6 +28,11 @@ const (
 	// EventSubscribeFailed: the server refused to restore a subscription
 	// after a reconnect (Channel, Err); it has been removed.
 	EventSubscribeFailed EventType = "subscribe_failed"
+	// EventJoin and EventLeave: a connection (Conn, of User) joined or
+	// left Channel, a subscribed channel whose joins and leaves the server
+	// announces (--join-leave).
+	EventJoin  EventType = "join"
+	EventLeave EventType = "leave"
 )
 
 // Reasons of an EventResyncNeeded.
@@ -67,6 +72,9 @@ type Event struct {
 	// Reason is ReasonNotRecovered, ReasonResync or ReasonGap
 	// (EventResyncNeeded).
 	Reason string
+	// User is the user of a joining or leaving connection (EventJoin,
+	// EventLeave; Conn is its connection id).
+	User string
 	// After is the server's advice to wait before refetching (jitter),
 	// zero unless Reason is ReasonResync.
 	After time.Duration

@@ -34,6 +34,14 @@ type inFrame struct {
 	Code      string          `json:"code"`
 	Message   string          `json:"message"`
 	AfterMS   int64           `json:"after_ms"`
+
+	// presence answers, join and leave (presence.go)
+	Clients   int      `json:"clients"`
+	Users     int      `json:"users"`
+	Members   []Member `json:"members"`
+	Truncated bool     `json:"truncated"`
+	User      string   `json:"user"`
+	Conn      string   `json:"conn"`
 }
 
 // welcomeFrame is the server's first frame.

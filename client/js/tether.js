@@ -58,9 +58,12 @@
  *   channel's state, after waiting `afterMs` (see {@link jitter}).
  * - `subscribe_failed`: `{channel, error}`: the server refused the
  *   subscription (a {@link TetherError}); it has been removed.
+ * - `join`, `leave`: `{channel, user, conn}`: a connection joined or left a
+ *   subscribed channel that the server announces joins and leaves of
+ *   (`--join-leave`; batched, and none above `--join-leave-max`).
  *
  * @typedef {"connecting" | "connected" | "disconnected" | "recovered" |
- *   "resync_needed" | "subscribe_failed"} EventName
+ *   "resync_needed" | "subscribe_failed" | "join" | "leave"} EventName
  */
 
 /** A request failure reported by the server, or by the client itself. */
@@ -267,6 +270,30 @@ export class Client {
     });
   }
 
+  /**
+   * Reads channel's presence (the channel needs `--presence` or
+   * `--join-leave` on the server, and the right to subscribe to it):
+   * `{clients, users, members: [{user, conn}], truncated}`. Counts are
+   * exact; members are capped by `--presence-max-members`. While
+   * disconnected it waits for the next connection. Rejects like
+   * {@link publish} (`not_found`: the channel has no presence).
+   *
+   * @param {string} channel
+   * @returns {Promise<{clients: number, users: number, members: {user: string, conn: string}[], truncated: boolean}>}
+   */
+  async presence(channel) {
+    while (this.state !== "connected") {
+      if (this._closed) throw new TetherError("closed", "the client is closed");
+      await new Promise((resolve) => this._waiters.push(resolve));
+    }
+    const id = ++this._nextId;
+    const ws = /** @type {WebSocket} */ (this._ws);
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      ws.send(`{"op":"presence","channel":${JSON.stringify(channel)},"id":${id}}`);
+    });
+  }
+
   /** Closes the connection for good. Pending publishes are rejected. */
   close() {
     if (this._closed) return;
@@ -381,6 +408,15 @@ export class Client {
       }
       case "reconnect":
         this._reconnectAt = Date.now() + Math.max(0, f.after_ms || 0);
+        break;
+      case "presence": {
+        const req = this._takePending(f.id);
+        if (req) req.resolve({ clients: f.clients, users: f.users, members: f.members || [], truncated: !!f.truncated });
+        break;
+      }
+      case "join":
+      case "leave":
+        this._emit(f.op, { channel: f.channel, user: f.user, conn: f.conn });
         break;
       // pong, unsubscribed and unknown ops need nothing.
     }

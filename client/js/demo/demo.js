@@ -54,6 +54,8 @@ function logEvent(name, text) {
 
 function setSubscribed(s) {
   sub = s;
+  $("online").hidden = true;
+  showOnline();
   $("sub-btn").textContent = s ? "Unsubscribe" : "Subscribe";
   $("sub-btn").classList.toggle("secondary", !!s);
   $("sub-info").classList.remove("error");
@@ -151,6 +153,30 @@ if (initial) {
   $("pub-channel").textContent = initial;
   subscribe(initial);
 }
+
+// ---- "N online": the subscribed channel's presence (--presence) ----
+
+let onlineTimer = 0;
+function showOnline() {
+  clearTimeout(onlineTimer);
+  onlineTimer = setTimeout(async () => {
+    const s = sub;
+    if (!s || client.state !== "connected") return;
+    try {
+      const p = await client.presence(s.channel);
+      if (sub === s) {
+        $("online").textContent = `${p.clients} online`;
+        $("online").hidden = false;
+      }
+    } catch {
+      $("online").hidden = true; // the channel has no presence
+    }
+  }, 200);
+}
+client.on("join", showOnline);
+client.on("leave", showOnline);
+client.on("connected", showOnline);
+setInterval(showOnline, 5000);
 
 // For the console (and tether's browser tests).
 window.demo = { client, tether };
