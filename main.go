@@ -92,6 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&c.DrainDelay, "drain-delay", 3*time.Second, "on SIGTERM, /readyz turns 503 at once but upgrades are accepted this long (≥ 2 LB check intervals); negative = refuse at once")
 	fs.DurationVar(&c.DrainWindow, "drain-window", 30*time.Second, "on SIGTERM, connections are closed spread over this window")
 	fs.DurationVar(&c.ReconnectJitter, "reconnect-jitter", 5*time.Second, "upper bound of the reconnect advice (after_ms, Retry-After)")
+	fs.DurationVar(&c.RefreshWindow, "refresh-window", 60*time.Second, "send refresh_due between this long and half this long before a token's exp, spread per connection (0 = 60s, negative = never)")
 	fs.StringVar(&o.jwtFile, "jwt-secret-file", "", "file holding the HS256 secret; enables auth (or set TETHER_JWT_SECRET)")
 	fs.BoolVar(&c.AllowClientPublish, "allow-client-publish", false, "without auth: let clients publish")
 	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated Origins allowed to upgrade, * for any; empty = same origin or no Origin")

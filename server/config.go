@@ -117,6 +117,14 @@ type Config struct {
 	// JWTSecret enables auth: every upgrade needs a valid HS256 token signed
 	// with it. If empty, the server is open (development mode).
 	JWTSecret []byte
+	// RefreshWindow is how long before its token expires a connection is
+	// sent {"op":"refresh_due"}: at a moment drawn per connection between
+	// RefreshWindow and RefreshWindow/2 before exp, so that tokens issued
+	// together are refreshed apart (refresh.go). A token with less than
+	// that left when it arrives is told at the next heartbeat tick.
+	// If zero, 60s is used. Negative means no refresh_due frames (clients
+	// may still refresh; an expired token still closes with 4001).
+	RefreshWindow time.Duration
 	// AllowClientPublish lets clients of an open server publish. With
 	// JWTSecret set, the token's publish claim decides instead.
 	AllowClientPublish bool
@@ -224,6 +232,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DrainDelay == 0 {
 		c.DrainDelay = 3 * time.Second
+	}
+	if c.RefreshWindow == 0 {
+		c.RefreshWindow = 60 * time.Second
 	}
 	if c.DrainWindow <= 0 {
 		c.DrainWindow = 30 * time.Second

@@ -23,8 +23,8 @@ type conn struct {
 	srv    *Server
 	nc     *nbio.Conn
 	id     uint64
-	auth   *claims  // nil on an open server
-	expiry int64    // token expiry, unix nanos; 0 = none
+	auth   *claims  // nil on an open server; refresh replaces auth.channels and auth.publish (refresh.go)
+	expiry int64    // token expiry, unix nanos; 0 = none; after the upgrade guarded by the heartbeat shard's mu (refresh.go)
 	opened int64    // when the upgrade completed, unix nanos
 	tls    *tlsConn // nil without TLS; set in onOpen
 
@@ -54,6 +54,7 @@ type conn struct {
 	readDone  bool // the reader failed or the client closed: input is ignored
 	dropMsg   bool // a frame of the message being read was over the rate
 	dropCtrl  bool // the control frame being read was over the rate
+	dueSent   bool // guarded by the heartbeat shard's mu: refresh_due sent for expiry (here, in padding, so a conn stays 352 bytes)
 	strikes   int32
 	rd        wsReader
 	tokens    float64

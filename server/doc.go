@@ -62,6 +62,7 @@
 //	recovery: the subscription's state machine            recovery.go
 //	fan-out of one message to a channel's subscribers     fanout.go
 //	heartbeats on the timing wheel, close deadlines       heartbeat.go
+//	token refresh: refresh op, refresh_due on the wheel     refresh.go
 //	connection lifetimes, the LB idle-timeout detector    lifetime.go
 //	HTTP API, health checks, static files                 api.go
 //	the private API listener (--api-listen)               apilisten.go

@@ -21,6 +21,7 @@ type heartbeats struct {
 	tick     time.Duration // immutable
 	interval int64         // immutable, nanoseconds
 	timeout  int64         // immutable, nanoseconds
+	window   int64         // immutable, nanoseconds: Config.RefreshWindow, 0 = no refresh_due
 	shards   []heartbeatShard
 
 	// owned by advance: connections pinged, by flusher index, handed to
@@ -44,6 +45,7 @@ const (
 	hbTimeout
 	hbExpired
 	hbHardClose
+	hbRefreshDue
 )
 
 func newHeartbeats(s *Server, shards int) *heartbeats {
@@ -57,6 +59,7 @@ func newHeartbeats(s *Server, shards int) *heartbeats {
 		tick:     tick,
 		interval: int64(interval),
 		timeout:  int64(s.cfg.PongTimeout),
+		window:   int64(max(s.cfg.RefreshWindow, 0)),
 		shards:   make([]heartbeatShard, shards),
 		ready:    make([][]*conn, len(s.flushers)),
 	}
@@ -86,6 +89,9 @@ func (h *heartbeats) nextCheckLocked(c *conn) int64 {
 	next := min(c.nextPing, c.lastSeen.Load()+h.interval+h.timeout)
 	if c.expiry != 0 {
 		next = min(next, c.expiry)
+	}
+	if due := h.refreshDueLocked(c); due != 0 {
+		next = min(next, due)
 	}
 	return next
 }
@@ -150,6 +156,10 @@ func (h *heartbeats) advance(now time.Time) {
 				sh.fired = append(sh.fired, heartbeatAction{c, hbPing})
 				c.nextPing = ns + h.interval
 			}
+			if due := h.refreshDueLocked(c); due != 0 && ns >= due {
+				sh.fired = append(sh.fired, heartbeatAction{c, hbRefreshDue})
+				c.dueSent = true
+			}
 			sh.wheel.Add(e, time.Unix(0, h.nextCheckLocked(c)))
 		})
 		fired := sh.fired
@@ -170,6 +180,8 @@ func (h *heartbeats) advance(now time.Time) {
 				h.srv.closeConn(a.c, proto.CloseHeartbeatTimeout, "heartbeat timeout", "heartbeat_timeout")
 			case hbExpired:
 				h.srv.closeConn(a.c, proto.CloseUnauthorized, "token expired", "token_expired")
+			case hbRefreshDue:
+				h.sendRefreshDue(a.c)
 			case hbHardClose:
 				_ = a.c.nc.Close()
 			}

@@ -43,6 +43,10 @@ type serverMetrics struct {
 	presenceEntries     atomic.Int64 // this node's presence members (presence.go)
 	joinLeaveEmitted    *metrics.Counter
 	joinLeaveSuppressed *metrics.Counter
+	// token refresh (refresh.go)
+	refreshOK     *metrics.Counter
+	refreshFailed *metrics.Counter
+	refreshDue    *metrics.Counter
 }
 
 var (
@@ -99,6 +103,9 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	set.NewGauge("tether_presence_entries", func() float64 { return float64(m.presenceEntries.Load()) })
 	m.joinLeaveEmitted = set.NewCounter(`tether_join_leave_events_total{result="emitted"}`)
 	m.joinLeaveSuppressed = set.NewCounter(`tether_join_leave_events_total{result="suppressed"}`)
+	m.refreshOK = set.NewCounter(`tether_token_refreshes_total{result="ok"}`)
+	m.refreshFailed = set.NewCounter(`tether_token_refreshes_total{result="failed"}`)
+	m.refreshDue = set.NewCounter("tether_refresh_due_sent_total")
 	return m
 }
 

@@ -18,6 +18,7 @@ type clientFrame struct {
 	ID      json.RawMessage `json:"id"`
 	Data    json.RawMessage `json:"data"`
 	Since   *sincePos       `json:"since"`
+	Token   string          `json:"token"` // refresh
 }
 
 type sincePos struct {
@@ -60,6 +61,10 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 	case proto.OpPresence:
 		if err := checkChannel(f.Channel); err != nil {
 			return f, err
+		}
+	case proto.OpRefresh:
+		if f.Token == "" {
+			return f, errf(proto.CodeBadRequest, "refresh needs a token")
 		}
 	case proto.OpPing, proto.OpPong:
 	case "":

@@ -156,5 +156,7 @@ func (c *conn) onText(data []byte) {
 		c.srv.clientPublish(c, f)
 	case proto.OpPresence:
 		c.srv.clientPresence(c, f)
+	case proto.OpRefresh:
+		c.srv.refresh(c, f)
 	}
 }

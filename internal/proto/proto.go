@@ -8,6 +8,7 @@ const (
 	OpUnsubscribe = "unsubscribe"
 	OpPublish     = "publish"
 	OpPresence    = "presence" // also the server's answer
+	OpRefresh     = "refresh"  // a new token for the open connection
 
 	// Sent by both sides: a liveness probe and its answer.
 	OpPing = "ping"
@@ -24,6 +25,8 @@ const (
 	OpReconnect    = "reconnect"
 	OpJoin         = "join"
 	OpLeave        = "leave"
+	OpRefreshed    = "refreshed"   // answer to refresh: the new expiry
+	OpRefreshDue   = "refresh_due" // the token expires soon: send refresh
 )
 
 // Reasons of a server-initiated unsubscribed frame: the "reason" field of
