@@ -52,8 +52,19 @@ func (c *Client) apply(conn *wsConn, f *inFrame) error {
 		}
 	case proto.OpPresence, proto.OpJoin, proto.OpLeave:
 		c.applyPresence(f)
+	case proto.OpRefreshDue:
+		select {
+		case c.refreshDue <- struct{}{}:
+		default:
+		}
+	case proto.OpRefreshed:
+		c.answer(f.ID, reply{exp: f.Exp})
+	case proto.OpUnsubscribed:
+		if f.Reason != "" {
+			c.applyServerUnsubscribed(f)
+		}
 	}
-	// pong, unsubscribed and unknown ops need nothing.
+	// pong, the answer to our unsubscribe and unknown ops need nothing.
 	return nil
 }
 

@@ -32,6 +32,7 @@ type Client struct {
 	done       chan struct{} // closed when the client's goroutines have exited
 	runDone    chan struct{} // closed when the run goroutine is about to exit
 	dispatched chan struct{} // closed when the dispatch goroutine exits
+	refreshDue chan struct{} // capacity 1: the server sent refresh_due (refresh.go)
 
 	// Owned by the run goroutine.
 	token    string // token of the current or last connection
@@ -61,6 +62,7 @@ type request struct {
 }
 
 type reply struct {
+	exp      int64 // refreshed
 	offset   uint64
 	presence *Presence // the answer of a presence request
 	err      error
@@ -155,6 +157,7 @@ func newClient(rawURL string, opts Options) (*Client, error) {
 		subs:       make(map[string]*Subscription),
 		pending:    make(map[uint64]*request),
 		ready:      make(chan struct{}, 1),
+		refreshDue: make(chan struct{}, 1),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)

@@ -33,6 +33,19 @@ const (
 	// announces (--join-leave).
 	EventJoin  EventType = "join"
 	EventLeave EventType = "leave"
+	// EventUnsubscribed: the server ended a subscription on its own
+	// (Channel, Reason: "forbidden" when a refreshed token no longer allows
+	// the channel, "server" when the application unsubscribed the user);
+	// it has been removed and is not restored on reconnect.
+	EventUnsubscribed EventType = "unsubscribed"
+	// EventTokenRefreshed: after the server's refresh_due, GetToken's new
+	// token was accepted without a reconnect (Exp).
+	EventTokenRefreshed EventType = "token_refreshed"
+	// EventRefreshFailed: a refresh after refresh_due failed (Err):
+	// GetToken failed or the server refused its token. The connection
+	// keeps its old token and is closed with 4001 when it expires; the
+	// client then reconnects with a token from GetToken.
+	EventRefreshFailed EventType = "refresh_failed"
 )
 
 // Reasons of an EventResyncNeeded.
@@ -57,7 +70,10 @@ type Event struct {
 	// ping interval (EventConnected).
 	Node, Conn   string
 	PingInterval time.Duration
-	// Err says why (EventDisconnected, EventSubscribeFailed).
+	// Exp is the accepted token's expiry (EventTokenRefreshed).
+	Exp time.Time
+	// Err says why (EventDisconnected, EventSubscribeFailed,
+	// EventRefreshFailed).
 	Err error
 	// Delay is the wait before the next attempt (EventDisconnected).
 	Delay time.Duration
@@ -70,7 +86,7 @@ type Event struct {
 	Offset  uint64
 	Epoch   string
 	// Reason is ReasonNotRecovered, ReasonResync or ReasonGap
-	// (EventResyncNeeded).
+	// (EventResyncNeeded), or the server's reason (EventUnsubscribed).
 	Reason string
 	// User is the user of a joining or leaving connection (EventJoin,
 	// EventLeave; Conn is its connection id).

@@ -19,6 +19,7 @@ type outFrame struct {
 	Since   *position       `json:"since,omitempty"`
 	Data    json.RawMessage `json:"data,omitempty"`
 	ID      uint64          `json:"id,omitempty"`
+	Token   string          `json:"token,omitempty"` // refresh
 }
 
 // inFrame is every frame the server sends (docs/protocol.md,
@@ -42,6 +43,8 @@ type inFrame struct {
 	Truncated bool     `json:"truncated"`
 	User      string   `json:"user"`
 	Conn      string   `json:"conn"`
+	Exp       int64    `json:"exp"`    // refresh_due, refreshed
+	Reason    string   `json:"reason"` // unsubscribed by the server
 }
 
 // welcomeFrame is the server's first frame.

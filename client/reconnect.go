@@ -155,9 +155,13 @@ func (c *Client) serve(conn *wsConn, reqs []outFrame) (err error, wait time.Dura
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	var pingedFor int64 // lastFrame value our ping answered to
+	refreshes := c.startRefreshes(conn)
+	defer refreshes.stop()
 loop:
 	for {
 		select {
+		case <-c.refreshDue:
+			refreshes.start()
 		case <-timer.C:
 			if grace < 0 {
 				continue
