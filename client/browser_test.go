@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -295,23 +296,75 @@ func browserTLS(t *testing.T, wd *webDriver) {
 	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#count") == "1" }, "the message on the page")
 }
 
-// browserDemo uses the demo page as a person would: it subscribes to a
-// channel, sees messages published elsewhere, publishes from the page, and
-// takes the screenshot for docs/demo.png.
+// readmeFirstMinute returns the two steps of the README's quick start: the
+// path of the page it says to open and the curl that publishes, as the
+// request path and body, so that the test checks what the README says.
+func readmeFirstMinute(t testing.TB) (page, apiPath, body string) {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := regexp.MustCompile(`open <http://localhost:8080(/[^>]*)>`).FindSubmatch(b)
+	curl := regexp.MustCompile(`(?m)^curl -d '([^']*)' localhost:8080(/\S*)$`).FindSubmatch(b)
+	if open == nil || curl == nil {
+		t.Fatal("README.md no longer says to open http://localhost:8080/… and curl -d '…' localhost:8080/api/…")
+	}
+	return string(open[1]), string(curl[2]), string(curl[1])
+}
+
+// browserDemo uses the demo page as a person would. First the README's
+// first minute, exactly: open the page, run the README's curl (as the same
+// POST), see the message. Then it watches the "N online" badge and a join
+// as a second client subscribes, sees messages published elsewhere,
+// publishes from the page, and takes the screenshot for docs/demo.png.
 func browserDemo(t *testing.T, wd *webDriver) {
-	srv := startServer(t, server.Config{AllowClientPublish: true, NodeID: "node-a"}, newBus(t))
-	wd.navigate(t, "http://"+srv.Addr().String()+"/")
+	srv := startServer(t, server.Config{AllowClientPublish: true, NodeID: "node-a", JoinLeave: []string{"scores.*"}}, newBus(t))
+	page, apiPath, body := readmeFirstMinute(t)
+	wd.navigate(t, "http://"+srv.Addr().String()+page)
 	testutil.Eventually(t, 10*time.Second, func() bool { return wd.text(t, "#state") == "connected" }, "demo page to connect")
 	if node := wd.text(t, "#node"); node != "node-a" {
 		t.Fatalf("page shows node %q", node)
 	}
-
-	wd.typeInto(t, "#channel", "scores.m1")
-	wd.click(t, "#sub-btn")
+	var channel struct {
+		Channel string `json:"channel"`
+	}
+	if err := json.Unmarshal([]byte(body), &channel); err != nil {
+		t.Fatalf("the README's curl body %s: %v", body, err)
+	}
 	// The page says so once the server has confirmed the subscription.
-	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#sub-info") == "Subscribed to scores.m1." }, "subscription")
+	want := "Subscribed to " + channel.Channel + "."
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#sub-info") == want }, want)
+	resp, err := http.Post("http://"+srv.Addr().String()+apiPath, "application/x-www-form-urlencoded", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the README's curl: HTTP %d %s", resp.StatusCode, reply)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#count") == "1" }, "the README's message on the page")
+	var sent struct {
+		Data json.RawMessage `json:"data"`
+	}
+	json.Unmarshal([]byte(body), &sent)
+	if got := wd.text(t, "#messages li:first-child .data"); got != string(sent.Data) {
+		t.Fatalf("page shows %q, the README published %s", got, sent.Data)
+	}
 
+	// Presence: the badge counts the page, then the page and a Go client,
+	// whose join the page logs.
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#online") == "1 online" }, "1 online")
 	pub := dial(t, wsURL(srv), client.Options{})
+	if _, err := pub.Subscribe("scores.m1", func(client.Message) {}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#online") == "2 online" }, "2 online after a join")
+	if ev := wd.text(t, "#events li:first-child"); !strings.Contains(ev, "join") {
+		t.Fatalf("newest event %q, want the join", ev)
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, v := range []string{
@@ -323,12 +376,12 @@ func browserDemo(t *testing.T, wd *webDriver) {
 			t.Fatal(err)
 		}
 	}
-	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#count") == "3" }, "three messages on the page")
+	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#count") == "4" }, "four messages on the page")
 
 	wd.typeInto(t, "#payload", `{"home":"Lyon","away":"Nantes","score":"2-1","minute":81}`)
 	wd.click(t, "#pub-btn")
 	testutil.Eventually(t, 5*time.Second, func() bool {
-		return wd.text(t, "#pub-result") == "Stored in scores.m1 at offset 4." && wd.text(t, "#count") == "4"
+		return wd.text(t, "#pub-result") == "Stored in scores.m1 at offset 5." && wd.text(t, "#count") == "5"
 	}, "publish from the page")
 	if first := wd.text(t, "#messages li:first-child .data"); !strings.Contains(first, `"score":"2-1"`) {
 		t.Fatalf("newest message shown: %q", first)

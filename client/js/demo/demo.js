@@ -1,10 +1,12 @@
 // The demo page: connection state, live messages of one channel, and a
-// publish box. Query parameters: token (a JWT), channel (subscribe at once).
+// publish box. It opens subscribed to the channel the README's curl
+// publishes to (scores.m1), or to ?channel=; ?token= passes a JWT.
 import * as tether from "/tether.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MAX_ROWS = 200;
+const DEFAULT_CHANNEL = "scores.m1";
 
 const client = tether.connect("/ws", { token: params.get("token") || undefined });
 let sub = null;
@@ -62,7 +64,9 @@ function setSubscribed(s) {
   $("sub-info").textContent = s ? `Subscribing to ${s.channel}…` : "Not subscribed.";
   if (s) {
     s.ready.then(() => {
-      if (sub === s) $("sub-info").textContent = `Subscribed to ${s.channel}.`;
+      if (sub !== s) return;
+      $("sub-info").textContent = `Subscribed to ${s.channel}.`;
+      showOnline();
     }, () => {});
   }
 }
@@ -147,13 +151,6 @@ function clock() {
   return new Date().toLocaleTimeString([], { hour12: false });
 }
 
-const initial = params.get("channel");
-if (initial) {
-  $("channel").value = initial;
-  $("pub-channel").textContent = initial;
-  subscribe(initial);
-}
-
 // ---- "N online": the subscribed channel's presence (--presence) ----
 
 let onlineTimer = 0;
@@ -173,10 +170,30 @@ function showOnline() {
     }
   }, 200);
 }
-client.on("join", showOnline);
-client.on("leave", showOnline);
+client.on("join", (e) => {
+  logEvent("join", `${who(e)} on ${e.channel}`);
+  showOnline();
+});
+client.on("leave", (e) => {
+  logEvent("leave", `${who(e)} on ${e.channel}`);
+  showOnline();
+});
 client.on("connected", showOnline);
+
+// who names a joining or leaving connection: its user, and its connection
+// when the user has a name of its own (on an open server each connection is
+// its own user).
+function who(e) {
+  return e.user === e.conn ? e.user : `${e.user} (${e.conn})`;
+}
 setInterval(showOnline, 5000);
+
+// The README's first minute: open the page, publish to scores.m1 with curl,
+// see the message. ?channel= subscribes to another channel instead.
+const initial = params.get("channel") || DEFAULT_CHANNEL;
+$("channel").value = initial;
+$("pub-channel").textContent = initial;
+subscribe(initial);
 
 // For the console (and tether's browser tests).
 window.demo = { client, tether };
