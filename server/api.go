@@ -40,9 +40,9 @@ func (s *Server) routes() (public, private http.Handler) {
 
 // apiRoutes adds the HTTP API, metrics and health endpoints to mux.
 func (s *Server) apiRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("/api/publish", s.apiPublish)
+	mux.HandleFunc("/api/publish", s.counted(cmdPublish, s.apiPublish))
 	s.clusterRoutes(mux)
-	mux.HandleFunc("/api/presence", s.apiPresence)
+	mux.HandleFunc("/api/presence", s.counted(cmdPresence, s.apiPresence))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"status":"ok"}`)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -26,7 +27,6 @@ import (
 const (
 	defaultDisconnectCode = 4000 // "disconnected by the application"
 	maxCloseReason        = 123  // bytes of a close frame's reason (RFC 6455)
-	maxPatternLen         = 255
 	defaultChannelsLimit  = 1000
 	maxChannelsLimit      = 1_000_000
 	defaultHistoryLimit   = 100
@@ -38,7 +38,7 @@ const (
 var apiOutcomes = []string{"ok", "partial", proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeNotFound,
 	proto.CodeTooLarge, "method_not_allowed", proto.CodeUnavailable}
 
-var apiCommands = []string{cmdDisconnect, cmdSubscribe, cmdUnsubscribe, cmdChannels, cmdInfo, cmdHistory, cmdAdmin}
+var apiCommands = []string{cmdPublish, cmdPresence, cmdDisconnect, cmdSubscribe, cmdUnsubscribe, cmdChannels, cmdInfo, cmdHistory, cmdAdmin}
 
 // apiCommandMetrics counts API commands by name and outcome, created once
 // in New.
@@ -58,6 +58,54 @@ func (m apiCommandMetrics) count(cmd, outcome string) {
 	if c := m[cmd+"/"+outcome]; c != nil {
 		c.Inc()
 	}
+}
+
+// statusWriter records the status of an answer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// counted returns h, its answers counted in tether_api_commands_total as
+// command cmd with the outcome their status gives: for the handlers whose
+// every refusal has one code per status (/api/publish, /api/presence).
+func (s *Server) counted(cmd string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w}
+		h(sw, r)
+		outcome := "ok"
+		if sw.status != 0 && sw.status != http.StatusOK {
+			outcome = codeOfStatus(sw.status)
+		}
+		s.apiCmds.count(cmd, outcome)
+	}
+}
+
+// apiCommandOf returns the command of an API path, "" for other paths: the
+// HTTP layer counts what it refuses before a handler runs (httpconn.go).
+func apiCommandOf(path string) string {
+	switch path {
+	case "/admin", "/admin/data":
+		return cmdAdmin
+	}
+	if c, ok := strings.CutPrefix(path, "/api/"); ok && c != cmdAdmin && slices.Contains(apiCommands, c) {
+		return c
+	}
+	return ""
 }
 
 // clusterRoutes adds the cluster-wide API and the admin page to mux.
@@ -244,9 +292,11 @@ func (s *Server) apiChannels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
+	// A pattern is a channel name where '*' and '?' are wild: one that is
+	// not could match no channel, which is a caller's mistake to report.
 	pattern := cmp.Or(q.Get("pattern"), "*")
-	if len(pattern) > maxPatternLen || !utf8.ValidString(pattern) {
-		s.apiFail(w, cmdChannels, http.StatusBadRequest, proto.CodeBadRequest, "pattern must be valid UTF-8 of at most 255 bytes")
+	if proto.CheckChannel(pattern) != nil {
+		s.apiFail(w, cmdChannels, http.StatusBadRequest, proto.CodeBadRequest, "pattern must be 1 to 255 bytes of printable ASCII without spaces, * and ? wild")
 		return
 	}
 	limit, ok := intParam(q.Get("limit"), defaultChannelsLimit, 1, maxChannelsLimit)

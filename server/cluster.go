@@ -31,6 +31,8 @@ type clusterCmd struct {
 // Names of the cluster commands (also the command label of
 // tether_api_commands_total).
 const (
+	cmdPublish     = "publish"  // not a cluster command: POST /api/publish
+	cmdPresence    = "presence" // not a cluster command: read from the bus
 	cmdDisconnect  = "disconnect"
 	cmdSubscribe   = "subscribe"
 	cmdUnsubscribe = "unsubscribe"

@@ -169,6 +169,7 @@ func (h *httpConn) admitBody(head *requestHead) bool {
 	if head.contentLength > int64(s.cfg.MaxAPIBody) {
 		s.m.httpReject(rejectBodyTooLarge)
 		s.m.apiErrors.Inc()
+		s.apiCmds.count(apiCommandOf(head.path()), codeOfStatus(http.StatusRequestEntityTooLarge))
 		h.refuse(http.StatusRequestEntityTooLarge, codeOfStatus(http.StatusRequestEntityTooLarge),
 			"request body larger than "+strconv.Itoa(s.cfg.MaxAPIBody)+" bytes")
 		return false
@@ -176,6 +177,7 @@ func (h *httpConn) admitBody(head *requestHead) bool {
 	if s.cfg.APIListen == "" && strings.HasPrefix(head.path(), "/api/") && head.contentLength > 0 &&
 		!s.apiAllowed(h.request(head, nil)) {
 		s.m.apiErrors.Inc()
+		s.apiCmds.count(apiCommandOf(head.path()), codeOfStatus(http.StatusUnauthorized))
 		h.refuse(http.StatusUnauthorized, codeOfStatus(http.StatusUnauthorized), s.apiDeniedMessage())
 		return false
 	}
