@@ -15,6 +15,10 @@ var (
 	ErrUnavailable = errors.New("bus: unavailable")
 	// ErrClosed means the bus has been closed.
 	ErrClosed = errors.New("bus: closed")
+	// ErrIdempotencyConflict means a publication's IdempotencyKey was
+	// used, within Config.IdempotencyWindow, for another channel. None of
+	// the call's publications was published.
+	ErrIdempotencyConflict = errors.New("bus: idempotency key already used for another channel")
 )
 
 // Position is a point in a channel's stream: the offset of the last message
@@ -24,6 +28,9 @@ var (
 type Position struct {
 	Offset uint64
 	Epoch  string
+	// Replayed is set in a publish result that is the first result of its
+	// publication's IdempotencyKey, returned again instead of publishing.
+	Replayed bool
 }
 
 // Message is one published message. Data is the raw JSON value as published;
@@ -39,6 +46,15 @@ type Message struct {
 type Publication struct {
 	Channel string
 	Data    []byte
+	// IdempotencyKey, when not empty and Config.IdempotencyWindow is on,
+	// makes the publication happen at most once per window: a publication
+	// whose key the bus has seen within the window (on any node sharing the
+	// Redis bus) is not published again and gets the first one's position,
+	// with Replayed set; a key seen for another channel fails the call with
+	// ErrIdempotencyConflict. The window starts at the first publish. Keys
+	// are compared as bytes, in one space shared by every caller: the
+	// caller namespaces and bounds them (the server does, docs/protocol.md).
+	IdempotencyKey string
 }
 
 // History is the answer to a recovery request.
@@ -219,6 +235,17 @@ type Config struct {
 	// HistoryTTL is how long a channel's history outlives its last
 	// publish. If zero, 5 minutes is used.
 	HistoryTTL time.Duration
+	// IdempotencyWindow is how long a Publication.IdempotencyKey is
+	// remembered after its first publish. If zero or negative, keys are
+	// ignored: every publication is published. Windows under a
+	// millisecond count as one millisecond.
+	IdempotencyWindow time.Duration
+	// IdempotencyMaxKeys bounds the keys the in-process bus remembers at
+	// once. When it is full, the oldest key (the nearest to its expiry) is
+	// forgotten early, so a retry with it publishes again. If zero, 100,000
+	// is used. The Redis bus keeps keys in Redis instead, each with its own
+	// expiry; there the bound is Redis's memory.
+	IdempotencyMaxKeys int
 }
 
 func (c Config) withDefaults() Config {
@@ -239,6 +266,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HistoryTTL <= 0 {
 		c.HistoryTTL = 5 * time.Minute
+	}
+	if c.IdempotencyWindow < 0 {
+		c.IdempotencyWindow = 0
+	}
+	if c.IdempotencyWindow > 0 && c.IdempotencyWindow < time.Millisecond {
+		c.IdempotencyWindow = time.Millisecond
+	}
+	if c.IdempotencyMaxKeys <= 0 {
+		c.IdempotencyMaxKeys = 100_000
 	}
 	return c
 }

@@ -12,6 +12,8 @@
 //	concern                                          file
 //	Bus, Handler, History, Position: the contract    bus.go
 //	the in-process bus                               local.go
+//	idempotency keys: the in-process table, checks   idempotency.go
+//	idempotency keys on Redis: claims, cost          redis_idempotency.go
 //	history retention: by count, by time, byte cap   retention.go
 //	its delivery goroutines and bounded queues       local_delivery.go
 //	Redis bus: config, construction, health, close   redis.go

@@ -29,6 +29,7 @@ func newLocal(cfg Config, now func() time.Time) *local {
 		delivery: newLocalDelivery(),
 	}
 	l.retain = l.cfg.retention()
+	l.idem = newIdemTable(l.cfg)
 	for i := range l.shards {
 		l.shards[i].channels = make(map[string]*localChannel)
 	}
@@ -62,6 +63,7 @@ type local struct {
 	handler  atomic.Pointer[Handler]
 	delivery localDelivery  // hands messages to handler.OnMessage
 	ctl      localTransport // the control plane (control_local.go)
+	idem     *idemTable     // nil when idempotency is off (idempotency.go)
 
 	closed atomic.Bool
 	// Channels are sharded by name so that the sweeper, which visits every
@@ -81,9 +83,10 @@ type localShard struct {
 	peak     int // most channels held since the map was last rebuilt
 }
 
-// localChannel is one channel's stream. Lock order: localShard.mu, then
-// localChannel.mu, then localQueue.mu. The handler is called with none of
-// them held, on a delivery goroutine (local_delivery.go).
+// localChannel is one channel's stream. Lock order: idemTable.mu, then
+// localShard.mu, then localChannel.mu, then localQueue.mu. The handler is
+// called with none of them held, on a delivery goroutine
+// (local_delivery.go).
 type localChannel struct {
 	mu       sync.Mutex
 	epoch    string
@@ -126,44 +129,100 @@ func (l *local) channelLocked(sh *localShard, channel string, create bool) *loca
 // delivery queue is full fails the call with ErrUnavailable, unstored (the
 // ones before it in pubs are published).
 func (l *local) publish(pubs []Publication, done func([]Position, error)) {
+	if l.idem != nil && hasKeys(pubs) {
+		l.publishIdempotent(pubs, done)
+		return
+	}
 	pos := make([]Position, len(pubs))
 	h := l.handler.Load()
 	deliver := h != nil && h.OnMessage != nil
-	for i, p := range pubs {
-		if l.closed.Load() {
-			done(nil, ErrClosed)
+	for i := range pubs {
+		p, err := l.publishOne(&pubs[i], deliver)
+		if err != nil {
+			done(nil, err)
 			return
 		}
-		si := l.shardIndex(p.Channel)
-		sh := &l.shards[si]
-		sh.mu.Lock()
-		ch := l.channelLocked(sh, p.Channel, true)
-		ch.mu.Lock()
-		sh.mu.Unlock()
-		q := l.delivery.queue(si)
-		if deliver {
-			q.mu.Lock()
-			if len(q.pending) >= localQueueSize {
-				q.mu.Unlock()
-				ch.mu.Unlock()
-				done(nil, ErrUnavailable)
-				return
-			}
-		}
-		ch.offset++
-		m := Message{Channel: p.Channel, Offset: ch.offset, Epoch: ch.epoch, Data: p.Data}
-		ch.lastPub = l.now()
-		ch.hist.push(m, ch.lastPub.UnixNano(), l.retain)
-		pos[i] = Position{Offset: m.Offset, Epoch: m.Epoch}
-		if deliver {
-			// Queued under ch.mu: the channel's messages keep offset order.
-			q.pending = append(q.pending, m)
-			q.mu.Unlock()
-			q.signal()
-		}
-		ch.mu.Unlock()
+		pos[i] = p
 	}
 	done(pos, nil)
+}
+
+// publishIdempotent is publish for a call with idempotency keys: with the
+// table locked, it refuses the whole call when a key is bound to another
+// channel, answers a key seen within the window with its first result and
+// publishes (and records) the rest.
+func (l *local) publishIdempotent(pubs []Publication, done func([]Position, error)) {
+	t := l.idem
+	pos := make([]Position, len(pubs))
+	h := l.handler.Load()
+	deliver := h != nil && h.OnMessage != nil
+	t.mu.Lock()
+	now := l.now().UnixNano()
+	if err := keyConflict(pubs, func(key string) (string, bool) {
+		e, ok := t.lookupLocked(key, now)
+		return e.channel, ok
+	}); err != nil {
+		t.mu.Unlock()
+		done(nil, err)
+		return
+	}
+	for i := range pubs {
+		p := &pubs[i]
+		if p.IdempotencyKey != "" {
+			if e, ok := t.lookupLocked(p.IdempotencyKey, now); ok {
+				pos[i] = e.pos
+				pos[i].Replayed = true
+				continue
+			}
+		}
+		ps, err := l.publishOne(p, deliver)
+		if err != nil {
+			t.mu.Unlock()
+			done(nil, err)
+			return
+		}
+		pos[i] = ps
+		if p.IdempotencyKey != "" {
+			t.storeLocked(p.IdempotencyKey, p.Channel, ps, now)
+		}
+	}
+	t.mu.Unlock()
+	done(pos, nil)
+}
+
+// publishOne stores p in its channel's history and, when deliver is set,
+// queues it for the handler.
+func (l *local) publishOne(p *Publication, deliver bool) (Position, error) {
+	if l.closed.Load() {
+		return Position{}, ErrClosed
+	}
+	si := l.shardIndex(p.Channel)
+	sh := &l.shards[si]
+	sh.mu.Lock()
+	ch := l.channelLocked(sh, p.Channel, true)
+	ch.mu.Lock()
+	sh.mu.Unlock()
+	q := l.delivery.queue(si)
+	if deliver {
+		q.mu.Lock()
+		if len(q.pending) >= localQueueSize {
+			q.mu.Unlock()
+			ch.mu.Unlock()
+			return Position{}, ErrUnavailable
+		}
+	}
+	ch.offset++
+	m := Message{Channel: p.Channel, Offset: ch.offset, Epoch: ch.epoch, Data: p.Data}
+	ch.lastPub = l.now()
+	ch.hist.push(m, ch.lastPub.UnixNano(), l.retain)
+	if deliver {
+		// Queued under ch.mu: the channel's messages keep offset order.
+		q.pending = append(q.pending, m)
+		q.mu.Unlock()
+		q.signal()
+	}
+	ch.mu.Unlock()
+	return Position{Offset: m.Offset, Epoch: m.Epoch}, nil
 }
 
 // deliver hands m to the handler. It runs on a delivery goroutine.
@@ -226,6 +285,9 @@ func (l *local) sweepLoop(interval time.Duration) {
 // TTL, and the whole state of such channels nobody is interested in. It
 // holds one shard's lock at a time.
 func (l *local) sweep() {
+	if l.idem != nil {
+		l.idem.expire(l.now().UnixNano())
+	}
 	cutoff := l.now().Add(-l.cfg.HistoryTTL)
 	for i := range l.shards {
 		sh := &l.shards[i]

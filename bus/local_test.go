@@ -96,7 +96,7 @@ func TestLocalOffsetsPerChannel(t *testing.T) {
 	// A batch is published in order; offsets of one channel stay consecutive
 	// across the channels interleaved with it.
 	pos, err := b.PublishBatch(context.Background(), []Publication{
-		{"a", []byte("21")}, {"b", []byte("21")}, {"a", []byte("22")}, {"d", []byte("1")},
+		{Channel: "a", Data: []byte("21")}, {Channel: "b", Data: []byte("21")}, {Channel: "a", Data: []byte("22")}, {Channel: "d", Data: []byte("1")},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -122,6 +122,7 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 		cfg:        cfg,
 		log:        log,
 		pubScript:  redis.NewScript(publishScript),
+		idemScript: redis.NewScript(idempotentPublishScript),
 		histScript: redis.NewScript(historyScript),
 		ttlMillis:  strconv.FormatInt(cfg.HistoryTTL.Milliseconds(), 10),
 		histSize:   strconv.Itoa(cfg.HistorySize),
@@ -134,6 +135,9 @@ func NewRedis(ctx context.Context, cfg RedisConfig, log *slog.Logger, set *metri
 		repairWake:   make(chan struct{}, 1),
 		routeWake:    make(chan struct{}, 1),
 		done:         make(chan struct{}),
+	}
+	if w := cfg.IdempotencyWindow; w > 0 {
+		b.idemMillis = strconv.FormatInt(max(w.Milliseconds(), 1), 10)
 	}
 	if b.cfg.HistoryTTL.Milliseconds() < 1 {
 		b.ttlMillis = "1"
@@ -211,6 +215,8 @@ type redisBus struct {
 	cluster      *redis.ClusterClient // nil in standalone mode
 	publishCmd   string               // PUBLISH or SPUBLISH
 	pubScript    *redis.Script
+	idemScript   *redis.Script // idempotentPublishScript
+	idemMillis   string        // IdempotencyWindow in ms; "" when off
 	histScript   *redis.Script
 	ttlMillis    string
 	histSize     string
@@ -225,7 +231,7 @@ type redisBus struct {
 	pres     *redisPresence // set once by NewRedis
 	handler  atomic.Pointer[Handler]
 	healthy  atomic.Bool // Redis answered the last command or ping
-	needLoad atomic.Bool // the publish script may be missing from Redis
+	needLoad atomic.Bool // the publish scripts may be missing from Redis
 
 	queueMu   sync.Mutex // guards queue, queued and closed
 	queue     []pubReq

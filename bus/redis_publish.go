@@ -111,7 +111,11 @@ func (b *redisBus) flush(batch []pubReq) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CommandTimeout)
 	defer cancel()
 	if b.needLoad.Load() {
-		if err := b.pubScript.Load(ctx, b.client).Err(); err != nil {
+		err := b.pubScript.Load(ctx, b.client).Err()
+		if err == nil && b.idemMillis != "" {
+			err = b.idemScript.Load(ctx, b.client).Err()
+		}
+		if err != nil {
 			b.commandFailed(err)
 			b.m.errPublish.Add(len(batch))
 			b.failBatch(batch, unavailable("load publish script", err))
@@ -120,12 +124,26 @@ func (b *redisBus) flush(batch []pubReq) {
 		b.needLoad.Store(false)
 	}
 	start := time.Now()
+	keyed := b.idemMillis != "" && batchHasKeys(batch)
+	if keyed {
+		// The claims cost keyed batches one round trip more
+		// (redis_idempotency.go).
+		if batch = b.claimKeys(ctx, batch); len(batch) == 0 {
+			return
+		}
+	}
 	epoch := newEpochCandidate()
 	pipe := b.client.Pipeline()
 	cmds := make([]*redis.Cmd, 0, 64)
 	for _, r := range batch {
 		for _, p := range r.pubs {
 			base := pubsubName(b.cfg.KeyPrefix, p.Channel)
+			if keyed && p.IdempotencyKey != "" {
+				cmds = append(cmds, pipe.EvalSha(ctx, b.idemScript.Hash(),
+					append(channelKeys(base), idemRecordKey(base, p.IdempotencyKey)),
+					p.Data, b.histSize, b.ttlMillis, epoch, base, b.publishCmd, b.windowMillis, b.maxBytes, b.idemMillis))
+				continue
+			}
 			cmds = append(cmds, pipe.EvalSha(ctx, b.pubScript.Hash(), channelKeys(base),
 				p.Data, b.histSize, b.ttlMillis, epoch, base, b.publishCmd, b.windowMillis, b.maxBytes))
 		}
@@ -169,13 +187,14 @@ func (b *redisBus) flush(batch []pubReq) {
 	}
 }
 
-// parsePosition reads the {offset, epoch} reply of the publish script.
+// parsePosition reads the {offset, epoch} reply of the publish scripts,
+// or the {offset, epoch, 1} of a replayed idempotency key.
 func parsePosition(cmd *redis.Cmd) (Position, error) {
 	v, err := cmd.Slice()
 	if err != nil {
 		return Position{}, err
 	}
-	if len(v) != 2 {
+	if len(v) != 2 && len(v) != 3 {
 		return Position{}, fmt.Errorf("unexpected publish reply %v", v)
 	}
 	off, ok1 := v[0].(int64)
@@ -183,5 +202,5 @@ func parsePosition(cmd *redis.Cmd) (Position, error) {
 	if !ok1 || !ok2 || off < 1 {
 		return Position{}, fmt.Errorf("unexpected publish reply %v", v)
 	}
-	return Position{Offset: uint64(off), Epoch: epoch}, nil
+	return Position{Offset: uint64(off), Epoch: epoch, Replayed: len(v) == 3}, nil
 }

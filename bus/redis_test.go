@@ -178,7 +178,7 @@ func testDelivery(t *testing.T, cfg func() RedisConfig, check func(channels []st
 					)
 					if k%10 == 9 {
 						// Some batches, to exercise PublishBatch.
-						pos, err = n.bus.PublishBatch(context.Background(), []Publication{{ch, []byte(data)}})
+						pos, err = n.bus.PublishBatch(context.Background(), []Publication{{Channel: ch, Data: []byte(data)}})
 					} else {
 						var one Position
 						one, err = n.bus.Publish(context.Background(), ch, []byte(data))
@@ -260,12 +260,12 @@ func TestRedisHistoryRecovery(t *testing.T) {
 		}
 	}
 	f(nil, false)
-	f(&Position{8, last.Epoch}, true)
-	f(&Position{6, last.Epoch}, true, 7, 8)
-	f(&Position{3, last.Epoch}, true, 4, 5, 6, 7, 8)
-	f(&Position{2, last.Epoch}, false) // older than the 5 kept
-	f(&Position{6, "other"}, false)
-	f(&Position{9, last.Epoch}, false)
+	f(&Position{Offset: 8, Epoch: last.Epoch}, true)
+	f(&Position{Offset: 6, Epoch: last.Epoch}, true, 7, 8)
+	f(&Position{Offset: 3, Epoch: last.Epoch}, true, 4, 5, 6, 7, 8)
+	f(&Position{Offset: 2, Epoch: last.Epoch}, false) // older than the 5 kept
+	f(&Position{Offset: 6, Epoch: "other"}, false)
+	f(&Position{Offset: 9, Epoch: last.Epoch}, false)
 }
 
 func TestRedisInterest(t *testing.T) {
@@ -528,7 +528,7 @@ func TestRedisPaused(t *testing.T) {
 	)
 	for range 50 {
 		wg.Add(1)
-		a.bus.PublishAsync([]Publication{{"p", []byte("2")}}, func(_ []Position, err error) {
+		a.bus.PublishAsync([]Publication{{Channel: "p", Data: []byte("2")}}, func(_ []Position, err error) {
 			defer wg.Done()
 			if err != nil {
 				mu.Lock()

@@ -18,7 +18,12 @@ import (
 //	         HistoryMaxBytes, by which the publish script trims :h by
 //	         time and bytes; TTL HistoryTTL
 //
-// The braces make C the hash tag, so in a Redis Cluster all four live in
+//	P{C}:i:K the first result "<offset> <epoch>" of idempotency key K on
+//	         C, TTL Config.IdempotencyWindow
+//	Pidem:K  the channel idempotency key K is bound to, same TTL (its own
+//	         slot: checked before the publish, idempotency.go)
+//
+// The braces make C the hash tag, so in a Redis Cluster all five live in
 // the slot of C and one script can touch them together. A message's offset
 // is not stored in the list: the entry at index i has offset o-i, which
 // holds because offsets grow by one and the list is deleted whenever a new
@@ -33,6 +38,17 @@ func pubsubName(prefix, channel string) string {
 // whose pub/sub channel is base.
 func channelKeys(base string) []string {
 	return []string{base + ":m", base + ":h", base + ":t"}
+}
+
+// idemRecordKey returns the key of idempotency key's first result on the
+// channel whose pub/sub channel is base: in the channel's slot.
+func idemRecordKey(base, key string) string {
+	return base + ":i:" + key
+}
+
+// idemClaimKey returns the key that binds idempotency key to a channel.
+func idemClaimKey(prefix, key string) string {
+	return prefix + "idem:" + key
 }
 
 // channelOf returns the tether channel of pub/sub channel name, or false
@@ -160,7 +176,42 @@ func crc16(s string) uint16 {
 // KEYS: meta, hist, checkpoints. ARGV: data, history size, TTL in ms,
 // candidate epoch, pub/sub channel, publish command (PUBLISH or SPUBLISH),
 // window in ms (0: by count only), byte cap.
-const publishScript = `
+const publishScript = publishBody + "return {o, e}\n"
+
+// idempotentPublishScript is publishScript for a publication with an
+// idempotency key: when the key's record (KEYS[4], in the channel's slot)
+// exists it returns {offset, epoch, 1} from it and publishes nothing;
+// otherwise it publishes and records "<offset> <epoch>" there for the
+// window (ARGV[9] ms). Returns {offset, epoch} then.
+const idempotentPublishScript = `
+local r = redis.call('GET', KEYS[4])
+if r then
+  local sp = string.find(r, ' ', 1, true)
+  return {tonumber(string.sub(r, 1, sp - 1)), string.sub(r, sp + 1), 1}
+end
+` + publishBody + `
+redis.call('SET', KEYS[4], string.format('%d', o) .. ' ' .. e, 'PX', ARGV[9])
+return {o, e}
+`
+
+// claimScript binds an idempotency key (KEYS[1]) to a channel (ARGV[1])
+// for the window (ARGV[2] ms) unless it is bound already, and returns the
+// channel it is bound to. It runs before the publish, in the key's own
+// slot (a Redis Cluster cannot check it atomically with the channel's
+// keys), so that a key reused for another channel is refused before
+// anything is published; idempotentPublishScript then decides, atomically
+// in the channel's slot, whether to publish.
+const claimScript = `
+local v = redis.call('GET', KEYS[1])
+if v then
+  return v
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+`
+
+// publishBody is the body of publishScript, without its return.
+const publishBody = `
 local m = redis.call('HMGET', KEYS[1], 'e', 'ct', 'cb')
 local e = m[1]
 local o
@@ -214,7 +265,6 @@ if n > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 redis.call(ARGV[6], ARGV[5], e .. ' ' .. string.format('%d', o) .. ' ' .. ARGV[1])
-return {o, e}
 `
 
 // historyScript reads a channel's position and, when since is given and
