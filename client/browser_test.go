@@ -267,6 +267,9 @@ func TestBrowser(t *testing.T) {
 	t.Run("demo", func(t *testing.T) { browserDemo(t, wd) })
 	t.Run("recovery", func(t *testing.T) { jsRecoveryScenario(t, startInBrowser(wd)) })
 	t.Run("watchdog", func(t *testing.T) { jsWatchdogScenario(t, startInBrowser(wd)) })
+	t.Run("token", func(t *testing.T) { jsTokenScenario(t, startInBrowser(wd)) })
+	t.Run("refresh", func(t *testing.T) { jsRefreshScenario(t, startInBrowser(wd)) })
+	t.Run("server-subs", func(t *testing.T) { jsServerSubsScenario(t, startInBrowser(wd)) })
 	t.Run("wss", func(t *testing.T) { browserTLS(t, wd) })
 }
 

@@ -1,7 +1,9 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -84,3 +86,17 @@ func wsURL(srv *server.Server) string { return "ws://" + srv.Addr().String() + "
 
 // httpClient keeps no idle connections, so that none outlives a test.
 var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// apiPost posts body as JSON to the node's HTTP API at path and returns the
+// status and the response body.
+func apiPost(t testing.TB, srv *server.Server, path string, body any) (int, string) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := httpClient.Post("http://"+srv.Addr().String()+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
+}

@@ -37,10 +37,11 @@ type startJS func(t *testing.T, hostport, channel string, opts map[string]any) j
 
 // jsState is the harness's snapshot.
 type jsState struct {
-	Msgs   [][]json.RawMessage `json:"msgs"` // [offset, epoch, data]
-	Events []map[string]any    `json:"events"`
-	Ready  bool                `json:"ready"`
-	State  string              `json:"state"`
+	Msgs       [][]json.RawMessage `json:"msgs"`        // [offset, epoch, data]
+	ServerMsgs [][]json.RawMessage `json:"server_msgs"` // [channel, offset, data] of server-side subscriptions
+	Events     []map[string]any    `json:"events"`
+	Ready      bool                `json:"ready"`
+	State      string              `json:"state"`
 }
 
 func (s jsState) messages(t testing.TB) []client.Message {
@@ -179,25 +180,140 @@ func jsWatchdogScenario(t *testing.T, start startJS) {
 	}
 }
 
-// jsTokenScenario lets the harness's token expire: the node closes with
-// 4001 and the harness reconnects with a fresh token from getToken.
+// tokenServer serves a token from issue on every request, to the harness's
+// getToken (fetch, from the page's origin too).
+func tokenServer(t *testing.T, issue func() string) *httptest.Server {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		io.WriteString(w, issue())
+	}))
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+// jsTokenScenario gives the harness tokens it cannot refresh in place (each
+// is for another user, so the node refuses it in a refresh): refresh_due is
+// answered with a token the node refuses (refresh_failed), the connection is
+// closed with 4001 at exp, and the harness reconnects with a new token from
+// getToken and recovers its subscription.
 func jsTokenScenario(t *testing.T, start startJS) {
 	secret := []byte("js-secret")
 	var issued atomic.Int64
-	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Access-Control-Allow-Origin", "*")
-		io.WriteString(w, signToken(secret, fmt.Sprintf("u%d", issued.Add(1)), time.Now().Add(2*time.Second)))
-	}))
-	t.Cleanup(tokens.Close)
-	srv := startServer(t, server.Config{JWTSecret: secret}, newBus(t))
+	tokens := tokenServer(t, func() string {
+		return signToken(secret, fmt.Sprintf("u%d", issued.Add(1)), time.Now().Add(2*time.Second))
+	})
+	srv := startServer(t, server.Config{JWTSecret: secret, PingInterval: 500 * time.Millisecond, RefreshWindow: time.Second}, newBus(t))
 	d := start(t, srv.Addr().String(), "token.js", map[string]any{"tokenURL": tokens.URL, "minBackoffMs": 20})
 	waitJS(t, d, 15*time.Second, "subscribed", func(s jsState) bool { return s.Ready })
 	s := waitJS(t, d, 10*time.Second, "reconnect with a fresh token", func(s jsState) bool { return len(s.events("connected")) >= 2 })
 	if ev := s.events("disconnected")[0]; ev["reason"] != "unauthorized" || ev["code"] != 4001.0 {
 		t.Fatalf("disconnected with %v, want 4001", ev)
 	}
+	if f := s.events("refresh_failed"); len(f) == 0 || f[0]["at"].(float64) > s.events("disconnected")[0]["at"].(float64) ||
+		!strings.HasPrefix(f[0]["error"].(string), "unauthorized") {
+		t.Fatalf("want a refused refresh before the 4001: %v", s.Events)
+	}
+	if len(s.events("token_refreshed")) != 0 {
+		t.Fatalf("a token of another user was accepted in a refresh: %v", s.Events)
+	}
 	apiPublish(t, srv, "token.js", "after refresh")
 	waitJS(t, d, 5*time.Second, "message after the refresh", func(s jsState) bool { return len(s.Msgs) == 1 })
+	t.Logf("%d tokens issued: the first, one per refused refresh, one per reconnect", issued.Load())
+}
+
+// jsRefreshScenario: tokens live 3 s and the refresh window is 2 s, so the
+// node asks for a new token every 1.5–2 s; the harness answers each
+// refresh_due with getToken's token on the open connection: five refreshes
+// on one connection, the subscription untouched.
+func jsRefreshScenario(t *testing.T, start startJS) {
+	secret := []byte("js-refresh")
+	var issued atomic.Int64
+	tokens := tokenServer(t, func() string {
+		issued.Add(1)
+		return signTokenFor(secret, "u1", time.Now().Add(3*time.Second), "refresh.*")
+	})
+	srv := startServer(t, server.Config{JWTSecret: secret, PingInterval: time.Second, RefreshWindow: 2 * time.Second}, newBus(t))
+	d := start(t, srv.Addr().String(), "refresh.js", map[string]any{"tokenURL": tokens.URL, "minBackoffMs": 20})
+	waitJS(t, d, 15*time.Second, "subscribed", func(s jsState) bool { return s.Ready })
+	apiPublish(t, srv, "refresh.js", "before")
+	s := waitJS(t, d, 30*time.Second, "five refreshes", func(s jsState) bool { return len(s.events("token_refreshed")) >= 5 })
+	if len(s.events("connected")) != 1 || len(s.events("disconnected")) != 0 || len(s.events("refresh_failed")) != 0 {
+		t.Fatalf("want one connection, no disconnect, no failed refresh: %v", s.Events)
+	}
+	var exps []int64
+	for _, e := range s.events("token_refreshed") {
+		exps = append(exps, int64(e["exp"].(float64)))
+	}
+	for i := 1; i < len(exps); i++ {
+		if exps[i] < exps[i-1] {
+			t.Fatalf("expiries go back: %v", exps)
+		}
+	}
+	apiPublish(t, srv, "refresh.js", "after")
+	s = waitJS(t, d, 5*time.Second, "messages before and after the refreshes", func(s jsState) bool { return len(s.Msgs) == 2 })
+	if m := s.messages(t); m[0].Offset != 1 || m[1].Offset != 2 {
+		t.Fatalf("messages %v", m)
+	}
+	t.Logf("%d refreshes on one connection (tokens issued: %d), expiries %v", len(exps), issued.Load(), exps)
+}
+
+// jsServerSubsScenario: the application subscribes the harness's user to a
+// channel through POST /api/subscribe; tether.js reports it (subscribed),
+// hands its messages to onServerMessage, restores it after a reconnect with
+// recovery, and drops it on POST /api/unsubscribe (unsubscribed, reason
+// server).
+func jsServerSubsScenario(t *testing.T, start startJS) {
+	secret := []byte("js-server-subs")
+	tokens := tokenServer(t, func() string {
+		return signTokenFor(secret, "u7", time.Now().Add(time.Hour), "own.*", "news.*")
+	})
+	srv := startServer(t, server.Config{JWTSecret: secret}, newBus(t))
+	d := start(t, srv.Addr().String(), "own.js", map[string]any{"tokenURL": tokens.URL, "minBackoffMs": 20})
+	waitJS(t, d, 15*time.Second, "subscribed", func(s jsState) bool { return s.Ready })
+	apiPublish(t, srv, "news.u7", "before") // offset 1: not the harness's yet
+
+	if code, body := apiPost(t, srv, "/api/subscribe", map[string]any{"user": "u7", "channel": "news.u7"}); code != 200 {
+		t.Fatalf("api subscribe: %d %s", code, body)
+	}
+	s := waitJS(t, d, 5*time.Second, "subscribed event", func(s jsState) bool { return len(s.events("subscribed")) == 1 })
+	if ev := s.events("subscribed")[0]; ev["channel"] != "news.u7" || ev["offset"] != 1.0 {
+		t.Fatalf("subscribed event %v", ev)
+	}
+	apiPublish(t, srv, "news.u7", "live")
+	waitJS(t, d, 5*time.Second, "server subscription's message", func(s jsState) bool { return len(s.ServerMsgs) == 1 })
+
+	// A reconnect restores it with since: what was published meanwhile is
+	// recovered.
+	if code, body := apiPost(t, srv, "/api/disconnect", map[string]any{"user": "u7", "code": 4000}); code != 200 {
+		t.Fatalf("api disconnect: %d %s", code, body)
+	}
+	waitJS(t, d, 5*time.Second, "disconnected", func(s jsState) bool { return len(s.events("disconnected")) == 1 })
+	apiPublish(t, srv, "news.u7", "while away")
+	s = waitJS(t, d, 10*time.Second, "recovered after the reconnect", func(s jsState) bool {
+		for _, e := range s.events("recovered") {
+			if e["channel"] == "news.u7" {
+				return len(s.ServerMsgs) == 2
+			}
+		}
+		return false
+	})
+	if m := s.ServerMsgs[1]; string(m[0]) != `"news.u7"` || string(m[1]) != "3" || string(m[2]) != `"while away"` {
+		t.Fatalf("recovered message %s", m)
+	}
+
+	if code, body := apiPost(t, srv, "/api/unsubscribe", map[string]any{"user": "u7", "channel": "news.u7"}); code != 200 {
+		t.Fatalf("api unsubscribe: %d %s", code, body)
+	}
+	s = waitJS(t, d, 5*time.Second, "unsubscribed event", func(s jsState) bool { return len(s.events("unsubscribed")) == 1 })
+	if ev := s.events("unsubscribed")[0]; ev["channel"] != "news.u7" || ev["reason"] != "server" || ev["offset"] != 3.0 {
+		t.Fatalf("unsubscribed event %v", ev)
+	}
+	apiPublish(t, srv, "news.u7", "after")
+	apiPublish(t, srv, "own.js", "own")
+	s = waitJS(t, d, 5*time.Second, "own channel's message", func(s jsState) bool { return len(s.Msgs) == 1 })
+	if len(s.ServerMsgs) != 2 {
+		t.Fatalf("messages after the server's unsubscribe: %s", s.ServerMsgs)
+	}
 }
 
 // nodeDriver runs the harness in a Node process.
@@ -296,4 +412,6 @@ func TestNode(t *testing.T) {
 	t.Run("recovery", func(t *testing.T) { jsRecoveryScenario(t, startNode) })
 	t.Run("watchdog", func(t *testing.T) { jsWatchdogScenario(t, startNode) })
 	t.Run("token", func(t *testing.T) { jsTokenScenario(t, startNode) })
+	t.Run("refresh", func(t *testing.T) { jsRefreshScenario(t, startNode) })
+	t.Run("server-subs", func(t *testing.T) { jsServerSubsScenario(t, startNode) })
 }

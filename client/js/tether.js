@@ -4,10 +4,13 @@
 // walk-through and docs/protocol.md for the wire protocol.
 //
 //   import * as tether from "/tether.js";
+//   // getToken serves the first connect, every refresh_due (the token is
+//   // replaced on the open connection) and the reconnect after a 4001.
 //   const c = tether.connect("/ws", { getToken: async () => fetchToken() });
 //   c.on("connected", (e) => console.log("on node", e.node));
 //   c.subscribe("scores.m1", (msg) => render(msg.data));
 //   const offset = await c.publish("chat.r1", { text: "hi" });
+//   const { clients } = await c.presence("scores.m1"); // with --presence
 
 /**
  * Options of {@link connect}. Every field is optional.
@@ -15,10 +18,21 @@
  * @typedef {object} ConnectOptions
  * @property {string} [token] Token sent as the `token` query parameter
  *   (browsers cannot set headers on a WebSocket upgrade).
- * @property {() => (string | Promise<string>)} [getToken] Called before
- *   every connection attempt; its token replaces `token`. After a close
- *   with 4001 the client keeps calling it, with backoff, until it returns a
- *   different token. Without it, a 4001 stops the client.
+ * @property {() => (string | Promise<string>)} [getToken] Returns a token
+ *   (a JWT) from the application's backend. It is called before every
+ *   connection attempt (its token replaces `token`), and on the server's
+ *   `refresh_due`, a while before the token expires: its token is then sent
+ *   in a `refresh` frame on the open connection, which keeps its
+ *   subscriptions (events `token_refreshed` and `refresh_failed`). After a
+ *   close with 4001 (the token expired or was refused) the client keeps
+ *   calling it, with backoff, until it returns a different token, then
+ *   reconnects and recovers. Without it, `refresh_due` is ignored and a 4001
+ *   stops the client.
+ * @property {(msg: Message) => void} [onServerMessage] Receives the
+ *   messages of channels the server subscribed the client to on its own
+ *   (the application's `POST /api/subscribe`; event `subscribed`). Without
+ *   it those subscriptions are kept, and restored after a reconnect, but
+ *   their messages are dropped.
  * @property {number} [minBackoffMs=500] Backoff window of the first
  *   reconnect attempt: the client waits a random time in [0, window) (full
  *   jitter); each failed attempt doubles the window.
@@ -61,9 +75,27 @@
  * - `join`, `leave`: `{channel, user, conn}`: a connection joined or left a
  *   subscribed channel that the server announces joins and leaves of
  *   (`--join-leave`; batched, and none above `--join-leave-max`).
+ * - `subscribed`: `{channel, offset, epoch, subscription}`: the server
+ *   subscribed the client to channel on its own (the application called
+ *   `POST /api/subscribe` for the user). The {@link Subscription} (its
+ *   `server` is true) is the client's like any other: restored after a
+ *   reconnect, ended by its `unsubscribe()`; its messages go to
+ *   `onServerMessage` (see {@link ConnectOptions}).
+ * - `unsubscribed`: `{channel, reason, offset, epoch}`: the server ended a
+ *   subscription on its own; `reason` is `"forbidden"` (a refreshed token
+ *   no longer allows the channel) or `"server"` (the application called
+ *   `POST /api/unsubscribe`). It has been removed and is not restored.
+ * - `token_refreshed`: `{exp}`: after the server's `refresh_due`, the token
+ *   from `getToken` was accepted on the open connection; `exp` is its
+ *   expiry in unix seconds.
+ * - `refresh_failed`: `{error}`: `getToken` failed or the server refused
+ *   its token (a {@link TetherError} `unauthorized`). The connection keeps
+ *   its old token until it expires, then the server closes it with 4001
+ *   and the client reconnects with a new token from `getToken`.
  *
  * @typedef {"connecting" | "connected" | "disconnected" | "recovered" |
- *   "resync_needed" | "subscribe_failed" | "join" | "leave"} EventName
+ *   "resync_needed" | "subscribe_failed" | "join" | "leave" | "subscribed" |
+ *   "unsubscribed" | "token_refreshed" | "refresh_failed"} EventName
  */
 
 /** A request failure reported by the server, or by the client itself. */
@@ -130,6 +162,11 @@ export class Subscription {
   constructor(client, channel, onMessage) {
     /** @readonly */
     this.channel = channel;
+    /**
+     * True for a subscription the server made on its own (event
+     * `subscribed`), false for one made by {@link Client#subscribe}.
+     */
+    this.server = false;
     /** @private */ this._client = client;
     /** @private */ this._onMessage = onMessage;
     /** @private */ this._active = false; // confirmed on the current connection
@@ -170,6 +207,7 @@ export class Client {
     /** @private */ this._url = resolveURL(url);
     /** @private */ this._token = o.token || "";
     /** @private */ this._getToken = o.getToken;
+    /** @private */ this._onServerMessage = o.onServerMessage;
     /** @private */ this._minBackoff = positive(o.minBackoffMs, 500);
     /** @private */ this._maxBackoff = Math.max(positive(o.maxBackoffMs, 30000), this._minBackoff);
     /** @private */ this._grace = o.watchdogGraceMs == null || o.watchdogGraceMs === 0 ? 5000 : o.watchdogGraceMs;
@@ -206,6 +244,7 @@ export class Client {
     /** @private */ this._closed = false;
     /** @private */ this._welcomed = false; // the current socket got its welcome
     /** @private */ this._keepBackoff = false; // the next drop keeps _failures
+    /** @private @type {WebSocket | null} */ this._refreshing = null; // the connection a refresh runs on
 
     setTimeout(() => this._attempt(), 0); // let the caller add listeners first
   }
@@ -384,6 +423,11 @@ export class Client {
       case "subscribed":
         this._onSubscribed(f);
         break;
+      case "unsubscribed":
+        // The answer to our unsubscribe needs nothing; one with a reason
+        // is the server's own.
+        if (f.reason) this._onServerUnsubscribed(f);
+        break;
       case "ack": {
         const req = this._takePending(f.id);
         if (req) req.resolve(f.offset);
@@ -418,7 +462,15 @@ export class Client {
       case "leave":
         this._emit(f.op, { channel: f.channel, user: f.user, conn: f.conn });
         break;
-      // pong, unsubscribed and unknown ops need nothing.
+      case "refresh_due":
+        this._refresh(ws);
+        break;
+      case "refreshed": {
+        const req = this._takePending(f.id);
+        if (req) req.resolve(f.exp);
+        break;
+      }
+      // pong and unknown ops need nothing.
     }
   }
 
@@ -550,6 +602,10 @@ export class Client {
 
   /** @private */
   _onSubscribed(f) {
+    if (f.id === undefined) {
+      this._onServerSubscribed(f);
+      return;
+    }
     const req = this._takePending(f.id);
     if (!req || !req.sub) return;
     const sub = req.sub;
@@ -569,6 +625,93 @@ export class Client {
       }
     }
     sub._resolve();
+  }
+
+  /**
+   * A subscription the server made on its own (no id): it becomes the
+   * client's, restored with `since` after a reconnect like any other. When
+   * the client's own subscribe to the channel is on its way, the frame
+   * confirms it instead (and the server refuses the client's request as a
+   * duplicate, which {@link Client#_onError} then ignores).
+   * @private
+   */
+  _onServerSubscribed(f) {
+    let sub = this._subs.get(f.channel);
+    const adopted = !sub;
+    if (!sub) {
+      sub = new Subscription(this, f.channel, (msg) => {
+        if (this._onServerMessage) this._onServerMessage(msg);
+      });
+      sub.server = true;
+      this._subs.set(f.channel, sub);
+    } else if (sub._active) {
+      return;
+    }
+    if (sub._hasPos && (f.epoch !== sub.epoch || f.offset !== sub.offset)) {
+      this._emit("resync_needed", {
+        channel: sub.channel, offset: f.offset, epoch: f.epoch, reason: "not_recovered", afterMs: 0,
+      });
+    }
+    sub._active = true;
+    sub.offset = f.offset;
+    sub.epoch = f.epoch;
+    sub._hasPos = true;
+    sub._resolve();
+    if (adopted) this._emit("subscribed", { channel: sub.channel, offset: f.offset, epoch: f.epoch, subscription: sub });
+  }
+
+  /**
+   * A subscription the server ended on its own (a reason, no id).
+   * @private
+   */
+  _onServerUnsubscribed(f) {
+    const sub = this._subs.get(f.channel);
+    if (!sub || sub._removed) return;
+    sub._removed = true;
+    sub._active = false;
+    this._subs.delete(f.channel);
+    this._emit("unsubscribed", { channel: sub.channel, reason: f.reason, offset: sub.offset, epoch: sub.epoch });
+  }
+
+  // ---- token refresh ----
+
+  /**
+   * Answers the server's `refresh_due` on ws: a token from getToken, sent
+   * in a `refresh` frame on the open connection. One refresh at a time per
+   * connection; without getToken nothing is done and the server closes
+   * with 4001 at the token's expiry.
+   * @private
+   */
+  async _refresh(ws) {
+    if (!this._getToken || this._refreshing === ws) return;
+    this._refreshing = ws;
+    try {
+      let token;
+      try {
+        token = (await this._getToken()) || "";
+      } catch (err) {
+        if (ws === this._ws) this._emit("refresh_failed", { error: err });
+        return;
+      }
+      if (ws !== this._ws || this.state !== "connected") return;
+      const id = ++this._nextId;
+      let exp;
+      try {
+        exp = await new Promise((resolve, reject) => {
+          this._pending.set(id, { resolve, reject });
+          ws.send(JSON.stringify({ op: "refresh", token, id }));
+        });
+      } catch (err) {
+        // A refusal; a lost connection is reported as disconnected.
+        if (ws === this._ws) this._emit("refresh_failed", { error: err });
+        return;
+      }
+      if (ws !== this._ws) return;
+      this._usedToken = token;
+      this._emit("token_refreshed", { exp });
+    } finally {
+      if (this._refreshing === ws) this._refreshing = null;
+    }
   }
 
   /** @private */
@@ -600,6 +743,8 @@ export class Client {
     }
     const sub = req.sub;
     if (sub._removed) return;
+    // The server subscribed the client itself meanwhile (_onServerSubscribed).
+    if (sub._active && f.code === "limit") return;
     if (f.code === "unavailable" || f.code === "rate_limited") {
       // The server cannot restore it now: reconnect with backoff and try
       // again rather than lose the subscription.

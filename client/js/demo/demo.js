@@ -8,7 +8,11 @@ const params = new URLSearchParams(location.search);
 const MAX_ROWS = 200;
 const DEFAULT_CHANNEL = "scores.m1";
 
-const client = tether.connect("/ws", { token: params.get("token") || undefined });
+const client = tether.connect("/ws", {
+  token: params.get("token") || undefined,
+  // Channels the server subscribed this page to (POST /api/subscribe).
+  onServerMessage: (m) => logEvent("message", `${m.channel} #${m.offset} ${JSON.stringify(m.data)}`),
+});
 let sub = null;
 let received = 0;
 
@@ -35,6 +39,16 @@ client.on("disconnected", (e) => {
 });
 client.on("recovered", (e) => logEvent("recovered", `${e.channel} after offset ${e.offset}`));
 client.on("resync_needed", (e) => logEvent("resync_needed", `${e.channel}: ${e.reason}`));
+client.on("subscribed", (e) => logEvent("subscribed", `${e.channel} by the server, at offset ${e.offset}`));
+client.on("unsubscribed", (e) => {
+  logEvent("unsubscribed", `${e.channel} by the server: ${e.reason}`);
+  if (sub && sub.channel === e.channel) {
+    setSubscribed(null);
+    $("sub-info").textContent = `Unsubscribed by the server (${e.reason}).`;
+  }
+});
+client.on("token_refreshed", (e) => logEvent("token_refreshed", `valid until ${new Date(e.exp * 1000).toLocaleTimeString()}`));
+client.on("refresh_failed", (e) => logEvent("refresh_failed", e.error.message));
 client.on("subscribe_failed", (e) => {
   logEvent("subscribe_failed", `${e.channel}: ${e.error.message}`);
   setSubscribed(null);

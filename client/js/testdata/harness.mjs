@@ -3,7 +3,10 @@
 // channel and records every message and event for the Go test to inspect.
 import * as tether from "../tether.js";
 
-const EVENTS = ["connecting", "connected", "disconnected", "recovered", "resync_needed", "subscribe_failed"];
+const EVENTS = [
+  "connecting", "connected", "disconnected", "recovered", "resync_needed", "subscribe_failed",
+  "subscribed", "unsubscribed", "token_refreshed", "refresh_failed", "join", "leave",
+];
 
 /**
  * @param {string} url
@@ -18,12 +21,17 @@ export function start(url, channel, opts = {}) {
     delete o.tokenURL;
     o.getToken = async () => (await fetch(tokenURL)).text();
   }
-  const state = { msgs: [], events: [], ready: false };
+  const state = { msgs: [], serverMsgs: [], events: [], ready: false };
+  o.onServerMessage = (m) => state.serverMsgs.push([m.channel, m.offset, m.data]);
   const c = tether.connect(url, o);
   for (const ev of EVENTS) {
     c.on(ev, (d) => {
       const rec = { ev, at: Date.now() };
-      for (const [k, v] of Object.entries(d || {})) rec[k] = v instanceof Error ? v.message : v;
+      for (const [k, v] of Object.entries(d || {})) {
+        if (v instanceof Error) rec[k] = v.message;
+        else if (v instanceof tether.Subscription) rec[k] = { channel: v.channel, server: v.server };
+        else rec[k] = v;
+      }
       state.events.push(rec);
     });
   }
@@ -35,5 +43,7 @@ export function start(url, channel, opts = {}) {
 
 /** A JSON-safe snapshot of state. */
 export function snapshot(state) {
-  return { msgs: state.msgs, events: state.events, ready: state.ready, state: state.client.state };
+  return {
+    msgs: state.msgs, server_msgs: state.serverMsgs, events: state.events, ready: state.ready, state: state.client.state,
+  };
 }
