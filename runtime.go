@@ -4,13 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
+
+	vm "github.com/VictoriaMetrics/metrics"
 )
 
 // The Go runtime's settings for a node: the density mode (--memory-limit,
@@ -30,11 +34,65 @@ import (
 // that at about half the CPU, so set the limit with room over the live
 // heap (the 1M arithmetic in docs/BENCHMARKS.md).
 
+// Memory after a peak: the runtime's scavenger returns freed pages to the
+// kernel only down to about the current heap goal, and an idle node's goal
+// moves only when the collector runs (at least every two minutes). A node
+// that held a peak for a while (a peer's drained clients, a reconnect
+// storm) therefore keeps the RSS of the peak long after the connections
+// left. --memory-release checks the heap's free, unreturned pages every
+// --memory-release/12 and, when their minimum over the last
+// --memory-release stayed above a quarter of the heap in use (and above
+// 4 MiB), returns them with debug.FreeOSMemory: that memory was not used
+// for a whole period, so returning it costs nothing but the collection
+// FreeOSMemory forces (one GC cycle, concurrent with the node's work).
+
 // runtimeOptions are the flags of this file.
 type runtimeOptions struct {
-	memoryLimit byteSize
-	gcPercent   int
-	pprofListen string
+	memoryLimit   byteSize
+	gcPercent     int
+	pprofListen   string
+	memoryRelease time.Duration
+}
+
+// releaseMinFree is the least free memory worth a forced collection.
+const releaseMinFree = 4 << 20
+
+// releaseMemory runs the --memory-release policy until done is closed.
+func releaseMemory(every time.Duration, set *vm.Set, log *slog.Logger, done <-chan struct{}) {
+	released := set.GetOrCreateCounter("tether_memory_released_bytes_total")
+	releases := set.GetOrCreateCounter("tether_memory_releases_total")
+	const checks = 12
+	t := time.NewTicker(every / checks)
+	defer t.Stop()
+	samples := []metrics.Sample{
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+	}
+	minFree, n := uint64(math.MaxUint64), 0
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		metrics.Read(samples)
+		free := samples[0].Value.Uint64()
+		inUse := samples[1].Value.Uint64() + samples[2].Value.Uint64()
+		minFree = min(minFree, free)
+		if n++; n < checks {
+			continue
+		}
+		if minFree > releaseMinFree && minFree > inUse/4 {
+			debug.FreeOSMemory()
+			metrics.Read(samples)
+			back := free - min(free, samples[0].Value.Uint64())
+			released.Add(int(back))
+			releases.Inc()
+			log.Debug("returned unused heap memory to the kernel", "bytes", back, "heap_in_use", inUse)
+		}
+		minFree, n = math.MaxUint64, 0
+	}
 }
 
 // byteSize is a flag value in bytes with an optional unit suffix: KiB,

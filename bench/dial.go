@@ -69,11 +69,11 @@ func (p *pool) dial(cs *connState, ph *phaseState) {
 	if cs.attempts < 255 {
 		cs.attempts++
 	}
-	ti := gi
+	ti := gi % len(p.targets)
 	if p.cfg.Soak {
-		ti += int(cs.attempts) - 1 // a node that is down: try the next
+		ti = failoverTarget(gi, int(cs.attempts), len(p.targets))
 	}
-	tg := &p.targets[ti%len(p.targets)]
+	tg := &p.targets[ti]
 	cs.tDial = time.Now().UnixNano()
 	cs.mu.Unlock()
 	p.mu.Lock()
@@ -164,6 +164,20 @@ func (p *pool) fail(cs *connState, gen uint32, reason string, retryAfter int, c 
 			}
 		})
 	}
+}
+
+// failoverTarget is the target of a soak client's attempt: its home node
+// (gi mod n) first; after a failed attempt (a node that is down or
+// draining), the other nodes, spread as a load balancer spreads a failed
+// node's clients: clients of one home start their failover at different
+// nodes (by gi/n), so that a drained node's clients land on every other
+// node evenly rather than all on the next one.
+func failoverTarget(gi, attempts, n int) int {
+	home := gi % n
+	if attempts <= 1 || n == 1 {
+		return home
+	}
+	return (home + 1 + (gi/n+attempts-2)%(n-1)) % n
 }
 
 // retryDelay honours Retry-After (seconds) with up to 50% jitter on top, so
