@@ -216,6 +216,7 @@ func (s *Server) userCommand(name string) http.HandlerFunc {
 			_ = json.Unmarshal(rep.Body, &u)
 			total.Conns += u.Conns
 			total.Changed += u.Changed
+			total.Forbidden += u.Forbidden
 			if i > 0 {
 				nodes = append(nodes, ',')
 			}
@@ -234,6 +235,9 @@ func (s *Server) userCommand(name string) http.HandlerFunc {
 		b = strconv.AppendInt(b, int64(total.Conns), 10)
 		b = append(b, `,"changed":`...)
 		b = strconv.AppendInt(b, int64(total.Changed), 10)
+		if name == cmdSubscribe {
+			b = strconv.AppendInt(append(b, `,"forbidden":`...), int64(total.Forbidden), 10)
+		}
 		b = append(append(b, nodes...), ']')
 		s.apiAnswer(w, name, b, g)
 	}

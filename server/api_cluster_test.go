@@ -290,3 +290,36 @@ func TestClusterAPIRedisCluster(t *testing.T) {
 	rcfg.CommandTimeout = time.Second
 	testClusterAPI(t, startRedisNodes(t, 3, clusterAPIConfig(), rcfg))
 }
+
+// TestAPISubscribeWithinTokenChannels checks that /api/subscribe
+// subscribes only the connections whose token allows the channel: the
+// others would lose the subscription at their next refresh or reconnect.
+func TestAPISubscribeWithinTokenChannels(t *testing.T) {
+	ts := startServer(t, Config{JWTSecret: testSecret, APIKey: testAPIKey})
+	dial := func(channels ...string) *testClient {
+		token := makeJWT(testSecret, "HS256", map[string]any{"sub": "carol", "exp": time.Now().Add(time.Hour).Unix(), "channels": channels})
+		c, _, err := dialWS(ts.addr, "/ws?token="+token, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.t = t
+		t.Cleanup(func() { c.conn.Close() })
+		c.expect(proto.OpWelcome)
+		return c
+	}
+	news, chat := dial("news.*"), dial("chat.*")
+	m := apiOK(t, "POST", ts.addr, "/api/subscribe", `{"user":"carol","channel":"news.1"}`)
+	if num(m["conns"]) != 2 || num(m["changed"]) != 1 || num(m["forbidden"]) != 1 {
+		t.Fatalf("subscribe to news.1: %v, want 2 connections, 1 changed, 1 forbidden", m)
+	}
+	news.expect(proto.OpSubscribed)
+	// The user's own channel is allowed to every token of the user.
+	m = apiOK(t, "POST", ts.addr, "/api/subscribe", `{"user":"carol","channel":"user.carol"}`)
+	if num(m["changed"]) != 2 || num(m["forbidden"]) != 0 {
+		t.Fatalf("subscribe to user.carol: %v, want 2 changed", m)
+	}
+	news.expect(proto.OpSubscribed)
+	if f := chat.expect(proto.OpSubscribed); f["channel"] != "user.carol" {
+		t.Fatalf("chat connection: %v, want only user.carol", f)
+	}
+}

@@ -43,11 +43,13 @@ const (
 )
 
 // userReply answers disconnect, subscribe and unsubscribe: how many of the
-// user's connections the node holds, and on how many the command changed
-// something.
+// user's connections the node holds, on how many the command changed
+// something, and (subscribe) how many have a token that does not allow the
+// channel.
 type userReply struct {
-	Conns   int `json:"conns"`
-	Changed int `json:"changed"`
+	Conns     int `json:"conns"`
+	Changed   int `json:"changed"`
+	Forbidden int `json:"forbidden,omitempty"`
 }
 
 // nodeInfo answers info: one node's state.
@@ -84,9 +86,23 @@ func (s *Server) onControl(raw json.RawMessage) json.RawMessage {
 			return true
 		})
 	case cmdSubscribe:
-		out = s.eachUserConn(cmd.User, func(c *conn) bool {
+		// Only where the token allows the channel: the client's own
+		// subscribe after a reconnect, and a refresh (refresh.go), apply the
+		// same rule, so a subscription the token does not allow would not
+		// last.
+		forbidden := 0
+		r := s.eachUserConn(cmd.User, func(c *conn) bool {
+			c.mu.Lock() // a refresh replaces the claims under it
+			ok := c.mayRead(cmd.Channel)
+			c.mu.Unlock()
+			if !ok {
+				forbidden++
+				return false
+			}
 			return s.join(c, clientFrame{Op: proto.OpSubscribe, Channel: cmd.Channel}) == nil
 		})
+		r.Forbidden = forbidden
+		out = r
 	case cmdUnsubscribe:
 		out = s.eachUserConn(cmd.User, func(c *conn) bool {
 			return s.forceUnsubscribe(c, cmd.Channel, proto.ReasonServer)
