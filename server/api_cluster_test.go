@@ -296,18 +296,7 @@ func TestClusterAPIRedisCluster(t *testing.T) {
 // others would lose the subscription at their next refresh or reconnect.
 func TestAPISubscribeWithinTokenChannels(t *testing.T) {
 	ts := startServer(t, Config{JWTSecret: testSecret, APIKey: testAPIKey})
-	dial := func(channels ...string) *testClient {
-		token := makeJWT(testSecret, "HS256", map[string]any{"sub": "carol", "exp": time.Now().Add(time.Hour).Unix(), "channels": channels})
-		c, _, err := dialWS(ts.addr, "/ws?token="+token, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.t = t
-		t.Cleanup(func() { c.conn.Close() })
-		c.expect(proto.OpWelcome)
-		return c
-	}
-	news, chat := dial("news.*"), dial("chat.*")
+	news, chat := dialUserChannels(t, ts.addr, "carol", "news.*"), dialUserChannels(t, ts.addr, "carol", "chat.*")
 	m := apiOK(t, "POST", ts.addr, "/api/subscribe", `{"user":"carol","channel":"news.1"}`)
 	if num(m["conns"]) != 2 || num(m["changed"]) != 1 || num(m["forbidden"]) != 1 {
 		t.Fatalf("subscribe to news.1: %v, want 2 connections, 1 changed, 1 forbidden", m)

@@ -24,7 +24,13 @@ type presenceClient struct {
 
 func dialUser(t *testing.T, addr, user string) *testClient {
 	t.Helper()
-	token := makeJWT(testSecret, "HS256", map[string]any{"sub": user, "exp": time.Now().Add(time.Hour).Unix(), "channels": []string{"*"}})
+	return dialUserChannels(t, addr, user, "*")
+}
+
+// dialUserChannels connects user with a token allowing channels.
+func dialUserChannels(t *testing.T, addr, user string, channels ...string) *testClient {
+	t.Helper()
+	token := makeJWT(testSecret, "HS256", map[string]any{"sub": user, "exp": time.Now().Add(time.Hour).Unix(), "channels": channels})
 	c, _, err := dialWS(addr, "/ws?token="+token, nil)
 	if err != nil {
 		t.Fatal(err)
