@@ -91,6 +91,10 @@ func (c *Client) applyMessage(f *inFrame) error {
 }
 
 func (c *Client) applySubscribed(f *inFrame) {
+	if f.ID == 0 { // the client's requests have ids from 1
+		c.applyServerSubscribed(f)
+		return
+	}
 	c.mu.Lock()
 	req := c.pending[f.ID]
 	if req == nil || req.sub == nil {
@@ -135,6 +139,13 @@ func (c *Client) applyError(f *inFrame) error {
 	if s == nil {
 		c.mu.Unlock()
 		req.reply <- reply{err: perr}
+		return nil
+	}
+	if overtaken(s, perr) {
+		c.mu.Unlock()
+		if req.reply != nil {
+			req.reply <- reply{}
+		}
 		return nil
 	}
 	if req.reply == nil && perr.temporary() {

@@ -75,6 +75,7 @@ type Subscription struct {
 	channel string
 	fn      func(Message)
 
+	server  bool        // made by the server (serversubs.go)
 	removed atomic.Bool // set by Unsubscribe or a refused subscribe
 
 	// Guarded by c.mu.
@@ -307,8 +308,22 @@ func (c *Client) Publish(ctx context.Context, channel string, data any) (uint64,
 	}
 }
 
+// Subscription returns the client's subscription to channel, or nil. It
+// finds the subscriptions the server made (EventSubscribed) as well as
+// those made by Subscribe.
+func (c *Client) Subscription(channel string) *Subscription {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.subs[channel]
+}
+
 // Channel returns the subscription's channel.
 func (s *Subscription) Channel() string { return s.channel }
+
+// Server reports whether the server made the subscription on its own (the
+// application's POST /api/subscribe; EventSubscribed). Its messages go to
+// Options.OnServerMessage.
+func (s *Subscription) Server() bool { return s.server }
 
 // Position returns the offset and epoch of the last message queued for the
 // handler (or, before any, the position the server reported on

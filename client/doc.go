@@ -41,6 +41,9 @@
 //	              close, mapping read failures to the client's errors
 //	dial.go       one attempt: proxy tunnel (CONNECT), TLS and upgrade
 //	              through the library, welcome frame, refused upgrades
+//	refresh.go    token refresh in place: refresh_due → GetToken → refresh
+//	serversubs.go subscriptions the server makes and ends on its own
+//	presence.go   presence requests, join and leave events
 //	protocol.go   the JSON frames
 //	errors.go     the client's error types
 //

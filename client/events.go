@@ -33,6 +33,13 @@ const (
 	// announces (--join-leave).
 	EventJoin  EventType = "join"
 	EventLeave EventType = "leave"
+	// EventSubscribed: the server subscribed the client to Channel on its
+	// own (Offset, Epoch: the channel's position): the application called
+	// POST /api/subscribe for the user. The subscription is the client's
+	// like any other (Client.Subscription finds it): restored after a
+	// reconnect, ended by its Unsubscribe; its messages go to
+	// Options.OnServerMessage.
+	EventSubscribed EventType = "subscribed"
 	// EventUnsubscribed: the server ended a subscription on its own
 	// (Channel, Reason: "forbidden" when a refreshed token no longer allows
 	// the channel, "server" when the application unsubscribed the user);
@@ -81,7 +88,8 @@ type Event struct {
 	// its credentials were refused and GetToken is nil (EventDisconnected).
 	Final bool
 	// Channel, Offset and Epoch are the channel and its position after the
-	// event (EventRecovered, EventResyncNeeded, EventSubscribeFailed).
+	// event (EventRecovered, EventResyncNeeded, EventSubscribeFailed,
+	// EventSubscribed, EventUnsubscribed).
 	Channel string
 	Offset  uint64
 	Epoch   string

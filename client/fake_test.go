@@ -591,3 +591,37 @@ func (l *eventLog) wait(t *testing.T, typ EventType, n int) []Event {
 	testutil.Eventually(t, 5*time.Second, func() bool { return len(l.of(typ)) >= n }, fmt.Sprintf("%d %s events", n, typ))
 	return l.of(typ)
 }
+
+// TestServerSubscribeOvertakesSubscribe: the application's POST
+// /api/subscribe reaches the node just before the client's own subscribe
+// to the same channel: the node sends subscribed without an id, then
+// refuses the client's request as a duplicate (limit). The client's
+// Subscribe succeeds, its handler gets the messages, and no EventSubscribed
+// or EventSubscribeFailed is reported.
+func TestServerSubscribeOvertakesSubscribe(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	fs := startFake(t)
+	var evs eventLog
+	var got, server msgLog
+	c := fakeDial(t, fs, Options{OnEvent: evs.add, OnServerMessage: server.add})
+	conn := fs.next()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Subscribe("ch", got.add)
+		done <- err
+	}()
+	id, _ := conn.expectSubscribe("ch")
+	conn.send(`{"op":"subscribed","channel":"ch","offset":4,"epoch":"e1","recovered":false}`)
+	conn.send(fmt.Sprintf(`{"op":"error","code":"limit","message":"already subscribed","id":%v}`, id))
+	if err := <-done; err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	conn.send(`{"op":"message","channel":"ch","offset":5,"data":5}`)
+	got.waitFor(t, "5@e1")
+	if s := c.Subscription("ch"); s == nil || s.Server() {
+		t.Fatalf("Subscription(ch) = %v", s)
+	}
+	if n := len(server.offsets()); n != 0 || len(evs.of(EventSubscribed)) != 0 || len(evs.of(EventSubscribeFailed)) != 0 {
+		t.Fatalf("server messages %d, events %v", n, evs.evs)
+	}
+}

@@ -17,7 +17,10 @@ type Options struct {
 	// request. If empty (and GetToken is nil), no credentials are sent.
 	Token string
 	// GetToken, if set, is called before every connection attempt and its
-	// token is used instead of Token. After the server refuses a token
+	// token is used instead of Token. It is also called on the server's
+	// refresh_due, a while before the token expires: its token then
+	// replaces the old one on the open connection (EventTokenRefreshed,
+	// EventRefreshFailed), with no reconnect. After the server refuses a token
 	// (HTTP 401 or close 4001) the client keeps asking GetToken, with
 	// backoff, until it returns a different one. If nil, a refused Token
 	// stops the client for good (Err reports ErrUnauthorized).
@@ -74,6 +77,12 @@ type Options struct {
 	// from the client's delivery goroutine, in order with message
 	// deliveries; it must return promptly.
 	OnEvent func(Event)
+	// OnServerMessage, if set, receives the messages of the channels the
+	// server subscribed the client to on its own (the application's POST
+	// /api/subscribe; EventSubscribed), from the delivery goroutine like
+	// any handler. If nil, those subscriptions are kept, and restored after
+	// a reconnect, but their messages are dropped.
+	OnServerMessage func(Message)
 	// Logger receives connection-level diagnostics at Debug level.
 	// If nil, nothing is logged.
 	Logger *slog.Logger

@@ -96,18 +96,3 @@ func (c *Client) refresh(ctx context.Context, conn *wsConn) {
 		c.forget(id)
 	}
 }
-
-// applyServerUnsubscribed removes a subscription the server ended on its
-// own and reports it.
-func (c *Client) applyServerUnsubscribed(f *inFrame) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.subs[f.Channel]
-	if s == nil || s.removed.Swap(true) {
-		return
-	}
-	delete(c.subs, f.Channel)
-	c.enqueueLocked(delivery{ev: &Event{
-		Type: EventUnsubscribed, Channel: s.channel, Offset: s.pos.Offset, Epoch: s.pos.Epoch, Reason: f.Reason,
-	}})
-}
