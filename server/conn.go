@@ -61,9 +61,10 @@ type conn struct {
 	lastTaken int64
 
 	// guarded by the heartbeat shard's mu (hbShard)
-	wheelEntry ring.Entry[*conn]
-	nextPing   int64
-	hardClose  int64 // when closing: deadline for the socket close
+	wheelEntry ring.Entry[*conn] // scheduled only while a deadline other than the ping is pending
+	phase      int32             // 1 + index of the ping phase holding c; 0 when in none
+	phasePos   int32             // position in that phase
+	hardClose  int64             // when closing: deadline for the socket close
 }
 
 // flusher returns the flusher that writes c's frames: chosen by id, so

@@ -18,15 +18,17 @@ type flusher struct {
 	srv *Server // immutable
 	idx int     // immutable: position in Server.flushers
 
-	mu     sync.Mutex // guards queue and closed
+	mu     sync.Mutex // guards queue, pings and closed
 	queue  []*conn
+	pings  []*conn // connections the heartbeats want pinged
 	closed bool
 
 	wake chan struct{} // capacity 1
 
 	// owned by the flusher goroutine
-	work []*conn
-	buf  []byte
+	work     []*conn
+	pingWork []*conn
+	buf      []byte
 }
 
 func (f *flusher) push(c *conn) {
@@ -40,12 +42,18 @@ func (f *flusher) push(c *conn) {
 }
 
 // pushAll queues a batch of connections with one lock round.
-func (f *flusher) pushAll(cs []*conn) {
+func (f *flusher) pushAll(cs []*conn) { f.pushBatch(&f.queue, cs) }
+
+// pushPings queues a batch of connections to be pinged (heartbeat.go).
+func (f *flusher) pushPings(cs []*conn) { f.pushBatch(&f.pings, cs) }
+
+// pushBatch appends cs to *list, guarded by f.mu, and wakes the flusher.
+func (f *flusher) pushBatch(list *[]*conn, cs []*conn) {
 	if len(cs) == 0 {
 		return
 	}
 	f.mu.Lock()
-	f.queue = append(f.queue, cs...)
+	*list = append(*list, cs...)
 	f.mu.Unlock()
 	select {
 	case f.wake <- struct{}{}:
@@ -63,9 +71,14 @@ func (f *flusher) run(done <-chan struct{}) {
 		for {
 			f.mu.Lock()
 			f.work, f.queue = f.queue, f.work[:0]
+			f.pingWork, f.pings = f.pings, f.pingWork[:0]
 			f.mu.Unlock()
-			if len(f.work) == 0 {
+			if len(f.work) == 0 && len(f.pingWork) == 0 {
 				break
+			}
+			for i, c := range f.pingWork {
+				f.ping(c)
+				f.pingWork[i] = nil
 			}
 			for i, c := range f.work {
 				f.flush(c)
@@ -81,13 +94,7 @@ func (f *flusher) run(done <-chan struct{}) {
 // flush writes everything queued for c. If more was queued during the
 // write, c goes to the back of the queue (fairness between connections).
 func (f *flusher) flush(c *conn) {
-	c.mu.Lock()
-	bufs := c.pending
-	c.pending = c.spare[:0]
-	c.spare = nil
-	c.pendingBytes = 0
-	c.mu.Unlock()
-
+	bufs := c.takePending()
 	var err error
 	for i := 0; i < len(bufs) && err == nil; {
 		f.srv.m.socketWrites.Inc()
@@ -105,6 +112,59 @@ func (f *flusher) flush(c *conn) {
 		f.srv.m.coalescedWrites.Inc()
 	}
 	clear(bufs)
+	f.written(c, bufs, true, err)
+}
+
+// takePending takes the frames queued for c, leaving it the spare half of
+// its double buffer to queue into meanwhile.
+func (c *conn) takePending() [][]byte {
+	c.mu.Lock()
+	bufs := c.pending
+	c.pending = c.spare[:0]
+	c.spare = nil
+	c.pendingBytes = 0
+	c.mu.Unlock()
+	return bufs
+}
+
+// ping writes a ping to c, the heartbeats' request (heartbeat.go): at
+// once if nothing is queued for c, else with the frames queued, in their
+// write. The ping takes c's lock once (takePing) before the write and once
+// after (written), as a flush does.
+func (f *flusher) ping(c *conn) {
+	if !c.takePing() {
+		return
+	}
+	f.srv.m.socketWrites.Inc()
+	_, err := c.write(pingFrame)
+	f.written(c, nil, false, err)
+}
+
+// takePing reports whether the caller is to write a ping to c now: c is
+// open and nothing is queued for it; c is then marked queued until the
+// write is done. If frames are queued, the ping joins them; if c is
+// closing, no ping is needed.
+func (c *conn) takePing() bool {
+	c.mu.Lock()
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if c.queued {
+		c.mu.Unlock()
+		c.enqueue(pingFrame) // its flusher holds c: no push
+		return false
+	}
+	c.queued = true
+	c.mu.Unlock()
+	return true
+}
+
+// written ends a write to c of the frames taken from its queue (bufs, when
+// took) or of a ping: on error the queue is dropped; else c goes back to
+// its flusher if more was queued meanwhile, and is closed if that was the
+// last frame before closing.
+func (f *flusher) written(c *conn, bufs [][]byte, took bool, err error) {
 	if err != nil {
 		if errors.Is(err, nbio.ErrOverflow) {
 			c.srv.slowConsumer(c)
@@ -117,7 +177,9 @@ func (f *flusher) flush(c *conn) {
 		return
 	}
 	c.mu.Lock()
-	c.spare = bufs[:0]
+	if took {
+		c.spare = bufs[:0]
+	}
 	if len(c.pending) > 0 {
 		c.mu.Unlock()
 		f.push(c)

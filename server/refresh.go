@@ -49,15 +49,14 @@ func (h *heartbeats) refreshDueLocked(c *conn) int64 {
 }
 
 // setExpiry gives c a new token expiry and reschedules its wheel entry; a
-// connection already closing (its entry fired or a hard close pending) is
-// left alone.
+// connection already closing (a hard close pending) or gone is left alone.
 func (h *heartbeats) setExpiry(c *conn, expiry int64) {
 	sh := c.hbShard()
 	sh.mu.Lock()
 	c.expiry = expiry
 	c.dueSent = false
-	if c.hardClose == 0 && c.wheelEntry.Scheduled() {
-		sh.wheel.Reset(&c.wheelEntry, time.Unix(0, h.nextCheckLocked(c)))
+	if c.phase != 0 {
+		h.scheduleLocked(sh, c, h.srv.clock.Load())
 	}
 	sh.mu.Unlock()
 }
