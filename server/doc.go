@@ -61,7 +61,7 @@
 //	server-initiated unsubscribe (unsubscribed + reason)   unsubscribe.go
 //	recovery: the subscription's state machine            recovery.go
 //	fan-out of one message to a channel's subscribers     fanout.go
-//	heartbeats: ping phases, deadlines on a wheel        heartbeat.go
+//	heartbeats: ping phases, deadlines on a wheel         heartbeat.go
 //	token refresh: refresh op, refresh_due on the wheel     refresh.go
 //	connection lifetimes, the LB idle-timeout detector    lifetime.go
 //	HTTP API, health checks, static files                 api.go
