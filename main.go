@@ -87,6 +87,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.busCfg.HistoryWindow, "history-window", 30*time.Second, "also keep every message younger than this, beyond --history-size (continuity across a drain: ≥ 2 × (--reconnect-jitter + max Retry-After)); 0 = 30s, negative = by count only")
 	fs.IntVar(&o.busCfg.HistoryMaxBytes, "history-max-bytes", 1<<20, "per-channel cap on the data bytes --history-window keeps (the last --history-size messages are kept regardless); 0 = 1 MiB, -1 = by count only")
 	fs.DurationVar(&o.busCfg.HistoryTTL, "history-ttl", 5*time.Minute, "how long a channel's history outlives its last publish")
+	fs.DurationVar(&o.busCfg.IdempotencyWindow, "idempotency-window", 5*time.Minute, "a publish whose idempotency_key was seen this long ago or less gets the first result instead of publishing again (across nodes with Redis); 0 = off (keys ignored)")
+	fs.IntVar(&o.busCfg.IdempotencyMaxKeys, "idempotency-max-keys", 100000, "without Redis: max idempotency keys remembered; when full the oldest is forgotten early; 0 = 100000 (with Redis the keys live in Redis)")
 	fs.DurationVar(&c.PingInterval, "ping-interval", 25*time.Second, "server ping interval (keep well inside load balancer idle timeouts)")
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", 10*time.Second, "a connection silent for ping-interval + pong-timeout is closed (4008)")
 	fs.DurationVar(&c.DrainDelay, "drain-delay", 3*time.Second, "on SIGTERM, /readyz turns 503 at once but upgrades are accepted this long (≥ 2 LB check intervals); negative = refuse at once")

@@ -125,8 +125,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 type apiMessage struct {
-	Channel string          `json:"channel"`
-	Data    json.RawMessage `json:"data"`
+	Channel        string          `json:"channel"`
+	Data           json.RawMessage `json:"data"`
+	IdempotencyKey string          `json:"idempotency_key"`
 }
 
 type apiPublishRequest struct {
@@ -164,11 +165,16 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	pos, err := s.bus.PublishBatch(ctx, pubs)
 	if err != nil {
+		if errors.Is(err, bus.ErrIdempotencyConflict) {
+			s.m.idemConflicts.Inc()
+			s.apiError(w, http.StatusConflict, proto.CodeConflict, errConflict.msg+"; nothing was published")
+			return
+		}
 		w.Header().Set("Retry-After", strconv.FormatInt(1+s.jitterMS()/1000, 10))
 		s.apiError(w, http.StatusServiceUnavailable, proto.CodeUnavailable, "cannot publish now: "+err.Error())
 		return
 	}
-	s.m.published.Add(len(pubs))
+	replayed := s.countPublished(pubs, pos)
 	w.Header().Set("Content-Type", "application/json")
 	var b []byte
 	if !batch {
@@ -176,6 +182,9 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 		b = strconv.AppendUint(b, pos[0].Offset, 10)
 		b = append(b, `,"epoch":`...)
 		b = appendJSONString(b, pos[0].Epoch)
+		if replayed > 0 {
+			b = append(b, `,"replayed":true`...)
+		}
 	} else {
 		b = append(b, `{"offsets":[`...)
 		for i, p := range pos {
@@ -192,6 +201,16 @@ func (s *Server) apiPublish(w http.ResponseWriter, r *http.Request) {
 			b = appendJSONString(b, p.Epoch)
 		}
 		b = append(b, ']')
+		if replayed > 0 {
+			b = append(b, `,"replayed":[`...)
+			for i, p := range pos {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = strconv.AppendBool(b, p.Replayed)
+			}
+			b = append(b, ']')
+		}
 	}
 	_, _ = w.Write(append(b, "}\n"...))
 }
@@ -244,7 +263,10 @@ func decodePublishRequest(body []byte, maxMessage int) ([]bus.Publication, bool,
 		if len(m.Data) > maxMessage {
 			return nil, batch, &apiRequestError{http.StatusRequestEntityTooLarge, proto.CodeTooLarge, "data larger than the max message size (message " + strconv.Itoa(i) + ")"}
 		}
-		pubs[i] = bus.Publication{Channel: m.Channel, Data: compactJSON(m.Data)}
+		if perr := checkIdempotencyKey(m.IdempotencyKey); perr != nil {
+			return nil, batch, &apiRequestError{http.StatusBadRequest, perr.code, perr.msg + " (message " + strconv.Itoa(i) + ")"}
+		}
+		pubs[i] = bus.Publication{Channel: m.Channel, Data: compactJSON(m.Data), IdempotencyKey: apiIdempotencyKey(m.IdempotencyKey)}
 	}
 	return pubs, batch, nil
 }

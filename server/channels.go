@@ -210,13 +210,23 @@ func (s *Server) clientPublish(c *conn, f clientFrame) {
 		return
 	}
 	id := f.ID
-	s.bus.PublishAsync([]bus.Publication{{Channel: f.Channel, Data: compactJSON(f.Data)}}, func(pos []bus.Position, err error) {
+	pub := bus.Publication{Channel: f.Channel, Data: compactJSON(f.Data)}
+	if f.IdempotencyKey != "" {
+		pub.IdempotencyKey = c.idempotencyKey(f.IdempotencyKey)
+	}
+	keyed := pub.IdempotencyKey != ""
+	s.bus.PublishAsync([]bus.Publication{pub}, func(pos []bus.Position, err error) {
 		if err != nil {
-			c.replyError(id, errf(proto.CodeUnavailable, "cannot publish now, retry later"))
+			c.replyError(id, s.publishError(err))
 			return
 		}
-		s.m.published.Inc()
-		c.reply(func(b []byte) []byte { return appendAck(b, id, pos[0].Offset) })
+		if keyed {
+			s.m.idempotent(pos[0].Replayed)
+		}
+		if !pos[0].Replayed {
+			s.m.published.Inc()
+		}
+		c.reply(func(b []byte) []byte { return appendAck(b, id, pos[0].Offset, pos[0].Replayed) })
 	})
 }
 

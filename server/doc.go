@@ -65,6 +65,7 @@
 //	token refresh: refresh op, refresh_due on the wheel     refresh.go
 //	connection lifetimes, the LB idle-timeout detector    lifetime.go
 //	HTTP API, health checks, static files                 api.go
+//	idempotent publish: key spaces, checks, metrics       idempotency.go
 //	the private API listener (--api-listen)               apilisten.go
 //	drain                                                 drain.go
 //	metrics                                               metrics.go

@@ -304,6 +304,8 @@ func codeOfStatus(status int) string {
 		return "unavailable"
 	case http.StatusMethodNotAllowed:
 		return "method_not_allowed"
+	case http.StatusConflict:
+		return "conflict"
 	}
 	return "bad_request"
 }

@@ -47,12 +47,16 @@ type serverMetrics struct {
 	refreshOK     *metrics.Counter
 	refreshFailed *metrics.Counter
 	refreshDue    *metrics.Counter
+	// idempotency keys (idempotency.go)
+	idemHits      *metrics.Counter
+	idemMisses    *metrics.Counter
+	idemConflicts *metrics.Counter
 }
 
 var (
 	rejectReasons     = []string{"max_conns", "accept_rate", "draining", "unauthorized", "origin", "bad_request", "max_conns_per_user"}
 	disconnectReasons = []string{"client", "heartbeat_timeout", "slow_consumer", "rate_limited", "protocol", "token_expired", "drain", "too_large", "shutdown", "eof", "reset", "error", "api"}
-	protoErrorCodes   = []string{proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound, proto.CodeTooLarge, proto.CodeRateLimited, proto.CodeLimit, proto.CodeUnavailable, "binary"}
+	protoErrorCodes   = []string{proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound, proto.CodeTooLarge, proto.CodeRateLimited, proto.CodeLimit, proto.CodeUnavailable, proto.CodeConflict, "binary"}
 )
 
 func newServerMetrics(set *metrics.Set) *serverMetrics {
@@ -106,6 +110,9 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	m.refreshOK = set.NewCounter(`tether_token_refreshes_total{result="ok"}`)
 	m.refreshFailed = set.NewCounter(`tether_token_refreshes_total{result="failed"}`)
 	m.refreshDue = set.NewCounter("tether_refresh_due_sent_total")
+	m.idemHits = set.NewCounter("tether_idempotent_hits_total")
+	m.idemMisses = set.NewCounter("tether_idempotent_misses_total")
+	m.idemConflicts = set.NewCounter("tether_idempotent_conflicts_total")
 	return m
 }
 

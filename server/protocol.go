@@ -19,6 +19,9 @@ type clientFrame struct {
 	Data    json.RawMessage `json:"data"`
 	Since   *sincePos       `json:"since"`
 	Token   string          `json:"token"` // refresh
+	// IdempotencyKey makes a publish happen at most once per
+	// --idempotency-window (idempotency.go).
+	IdempotencyKey string `json:"idempotency_key"`
 }
 
 type sincePos struct {
@@ -57,6 +60,9 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		}
 		if len(f.Data) == 0 {
 			return f, errf(proto.CodeBadRequest, "publish needs data")
+		}
+		if err := checkIdempotencyKey(f.IdempotencyKey); err != nil {
+			return f, err
 		}
 	case proto.OpPresence:
 		if err := checkChannel(f.Channel); err != nil {
@@ -202,11 +208,16 @@ func appendUnsubscribedBy(dst []byte, channel, reason string) []byte {
 	return append(dst, '}')
 }
 
-func appendAck(dst []byte, id json.RawMessage, offset uint64) []byte {
+// appendAck appends the answer to a publish; replayed marks the first
+// answer of an idempotency key given again.
+func appendAck(dst []byte, id json.RawMessage, offset uint64, replayed bool) []byte {
 	dst = append(dst, `{"op":"ack"`...)
 	dst = appendID(dst, id)
 	dst = append(dst, `,"offset":`...)
 	dst = strconv.AppendUint(dst, offset, 10)
+	if replayed {
+		dst = append(dst, `,"replayed":true`...)
+	}
 	return append(dst, '}')
 }
 

@@ -167,7 +167,7 @@ func TestEncodersProduceValidJSON(t *testing.T) {
 		appendWelcome(nil, "n", "c", 25000),
 		appendResync(nil, "c", 3, "e", 10),
 		appendReconnect(nil, 10),
-		appendAck(nil, nil, 3),
+		appendAck(nil, nil, 3, false),
 		appendUnsubscribed(nil, "x", []byte("1")),
 	} {
 		if !isJSONValue(b) {

@@ -54,6 +54,9 @@ const (
 	CodeRateLimited  = "rate_limited"
 	CodeLimit        = "limit"
 	CodeUnavailable  = "unavailable"
+	// CodeConflict: a publish's idempotency_key was used for another
+	// channel within the idempotency window (HTTP 409).
+	CodeConflict = "conflict"
 )
 
 // Temporary reports whether a request that failed with the error code may
@@ -64,3 +67,7 @@ func Temporary(code string) bool {
 
 // MaxIDLen is the longest string a request's "id" may hold, in bytes.
 const MaxIDLen = 64
+
+// MaxIdempotencyKeyLen is the longest "idempotency_key" a publish may
+// carry, in bytes.
+const MaxIdempotencyKeyLen = 128
