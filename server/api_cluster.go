@@ -36,7 +36,7 @@ const (
 // Outcomes of an API command (the outcome label of
 // tether_api_commands_total).
 var apiOutcomes = []string{"ok", "partial", proto.CodeBadRequest, proto.CodeUnauthorized, proto.CodeNotFound,
-	proto.CodeTooLarge, "method_not_allowed", proto.CodeUnavailable, proto.CodeConflict}
+	proto.CodeTooLarge, "method_not_allowed", proto.CodeUnavailable, proto.CodeConflict, "internal"}
 
 var apiCommands = []string{cmdPublish, cmdPresence, cmdDisconnect, cmdSubscribe, cmdUnsubscribe, cmdChannels, cmdInfo, cmdHistory, cmdAdmin}
 

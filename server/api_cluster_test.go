@@ -312,3 +312,21 @@ func TestAPISubscribeWithinTokenChannels(t *testing.T) {
 		t.Fatalf("chat connection: %v, want only user.carol", f)
 	}
 }
+
+// TestAPIDisconnectClosingConn checks that a connection already closing
+// (its close frame sent, the client's not back yet) is counted in conns but
+// not in changed, and is not sent a second close frame.
+func TestAPIDisconnectClosingConn(t *testing.T) {
+	ts := startServer(t, Config{JWTSecret: testSecret, APIKey: testAPIKey})
+	c := dialUser(t, ts.addr, "dave")
+	if m := apiOK(t, "POST", ts.addr, "/api/disconnect", `{"user":"dave","code":4001}`); num(m["changed"]) != 1 {
+		t.Fatalf("first disconnect: %v", m)
+	}
+	// The client does not answer the close frame: the server waits for it.
+	if m := apiOK(t, "POST", ts.addr, "/api/disconnect", `{"user":"dave","code":4002}`); num(m["conns"]) != 1 || num(m["changed"]) != 0 {
+		t.Fatalf("second disconnect: %v, want the closing connection counted, not changed", m)
+	}
+	if code := c.expectClose(5 * time.Second); code != 4001 {
+		t.Fatalf("closed with %d, want the first disconnect's 4001", code)
+	}
+}

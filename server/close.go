@@ -109,10 +109,11 @@ func (c *conn) setDisconnect(reason string) {
 	c.mu.Unlock()
 }
 
-// closeConn sends c a close frame with code and closes it.
-func (s *Server) closeConn(c *conn, code int, text, reason string) {
+// closeConn sends c a close frame with code and closes it. It reports
+// false when c was closing already.
+func (s *Server) closeConn(c *conn, code int, text, reason string) bool {
 	c.setDisconnect(reason)
-	c.sendClose(code, text, nil)
+	return c.sendClose(code, text, nil)
 }
 
 // slowConsumer closes c for falling behind by more than MaxConnBuffer.

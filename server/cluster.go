@@ -82,8 +82,7 @@ func (s *Server) onControl(raw json.RawMessage) json.RawMessage {
 	switch cmd.Cmd {
 	case cmdDisconnect:
 		out = s.eachUserConn(cmd.User, func(c *conn) bool {
-			s.closeConn(c, cmd.Code, cmd.Reason, "api")
-			return true
+			return s.closeConn(c, cmd.Code, cmd.Reason, "api")
 		})
 	case cmdSubscribe:
 		// Only where the token allows the channel: the client's own

@@ -58,14 +58,21 @@
 //	client frames decoded, server frames encoded          protocol.go
 //	error frames                                          errors.go
 //	channel index, subscribe, unsubscribe, publish        channels.go
-//	server-initiated unsubscribe (unsubscribed + reason)   unsubscribe.go
+//	server-initiated unsubscribe (unsubscribed + reason)  unsubscribe.go
 //	recovery: the subscription's state machine            recovery.go
 //	fan-out of one message to a channel's subscribers     fanout.go
 //	heartbeats: ping phases, deadlines on a wheel         heartbeat.go
-//	token refresh: refresh op, refresh_due on the wheel     refresh.go
+//	token refresh: refresh op, refresh_due on the wheel   refresh.go
 //	connection lifetimes, the LB idle-timeout detector    lifetime.go
 //	HTTP API, health checks, static files                 api.go
 //	idempotent publish: key spaces, checks, metrics       idempotency.go
+//	cluster-wide API: users, channels, info, partial      api_cluster.go
+//	cluster commands: what each node answers              cluster.go
+//	GET /api/history                                      api_history.go
+//	presence op, join/leave, GET /api/presence            presence.go
+//	the admin page and its data                           admin.go, admin/
+//	the admin page's samples of the last minutes          samples.go
+//	per-user connection counts (--max-conns-per-user)     userconns.go
 //	the private API listener (--api-listen)               apilisten.go
 //	drain                                                 drain.go
 //	metrics                                               metrics.go
