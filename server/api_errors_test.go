@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/bus"
 	"tether/internal/proto"
 )
 
@@ -14,8 +15,10 @@ import (
 // its documented status (docs/api.md, "Errors") with a JSON error body, and
 // is counted in tether_api_commands_total by command and outcome.
 func TestAPIBadInput(t *testing.T) {
-	ts := startServer(t, Config{APIKey: testAPIKey, JWTSecret: testSecret, MaxAPIBody: 1024, Presence: []string{"room.*"}})
+	b := bus.NewLocal(bus.Config{HistorySize: 100, IdempotencyWindow: time.Minute})
+	ts := startServerWithBus(t, Config{NodeID: "test", APIKey: testAPIKey, JWTSecret: testSecret, MaxAPIBody: 1024, Presence: []string{"room.*"}}, b)
 	dialUser(t, ts.addr, "alice")
+	apiOK(t, "POST", ts.addr, "/api/publish", `{"channel":"a","data":1,"idempotency_key":"k1"}`)
 	long := strings.Repeat("x", 256)
 	for _, c := range []struct {
 		name, method, path, key, body string
@@ -36,6 +39,7 @@ func TestAPIBadInput(t *testing.T) {
 		{"empty body", "POST", "/api/unsubscribe", testAPIKey, ``, 400, "bad_request", "unsubscribe"},
 		{"oversize body", "POST", "/api/subscribe", testAPIKey, `{"user":"` + strings.Repeat("u", 2000) + `"}`, 413, "too_large", "subscribe"},
 		{"oversize publish", "POST", "/api/publish", testAPIKey, `{"channel":"a","data":"` + strings.Repeat("d", 2000) + `"}`, 413, "too_large", "publish"},
+		{"idempotency key of another channel", "POST", "/api/publish", testAPIKey, `{"channel":"b","data":1,"idempotency_key":"k1"}`, 409, "conflict", "publish"},
 		{"bad JSON publish", "POST", "/api/publish", testAPIKey, `{"channel":`, 400, "bad_request", "publish"},
 		{"pattern with a space", "GET", "/api/channels?pattern=a%20*", testAPIKey, "", 400, "bad_request", "channels"},
 		{"pattern not ASCII", "GET", "/api/channels?pattern=%C3%A9*", testAPIKey, "", 400, "bad_request", "channels"},
@@ -93,6 +97,7 @@ func TestMaxConnsPerUser(t *testing.T) {
 	ts := startServer(t, Config{JWTSecret: testSecret, MaxConnsPerUser: 2})
 	first := dialUser(t, ts.addr, "alice")
 	dialUser(t, ts.addr, "alice")
+	apiOK(t, "POST", ts.addr, "/api/publish", `{"channel":"a","data":1,"idempotency_key":"k1"}`)
 	token := makeJWT(testSecret, "HS256", map[string]any{"sub": "alice", "exp": time.Now().Add(time.Hour).Unix()})
 	_, resp, err := dialWS(ts.addr, "/ws?token="+token, nil)
 	if err == nil || resp == nil {
