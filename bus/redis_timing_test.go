@@ -18,12 +18,8 @@ import (
 // clients and API calls would be) and one subscribed node receiving.
 func BenchmarkRedisPublish(b *testing.B) {
 	r := testutil.StartRedis(b)
-	cfg := RedisConfig{URL: r.URL(), CommandTimeout: 5 * time.Second, QueueSize: 1 << 20}
-	pub, err := NewRedis(context.Background(), cfg, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pub.Close()
+	cfg := benchRedisConfig(r)
+	pub := newBenchBus(b, cfg)
 	sub, err := NewRedis(context.Background(), cfg, nil, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -55,6 +51,22 @@ func BenchmarkRedisPublish(b *testing.B) {
 	})
 	b.StopTimer()
 	testutil.WaitFor(10*time.Second, func() bool { return received.Load() >= int64(b.N) })
+}
+
+// benchRedisConfig is the Redis bus configuration of the publish
+// benchmarks: a queue that never fills.
+func benchRedisConfig(r *testutil.Redis) RedisConfig {
+	return RedisConfig{URL: r.URL(), CommandTimeout: 5 * time.Second, QueueSize: 1 << 20}
+}
+
+// newBenchBus returns a Redis bus closed when the benchmark ends.
+func newBenchBus(b *testing.B, cfg RedisConfig) *Bus {
+	bus, err := NewRedis(context.Background(), cfg, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { bus.Close() })
+	return bus
 }
 
 // TestRedisDeliveryAllocs proves the receive path (decode, order check,

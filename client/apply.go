@@ -31,7 +31,7 @@ func (c *Client) apply(conn *wsConn, f *inFrame) error {
 	case proto.OpSubscribed:
 		c.applySubscribed(f)
 	case proto.OpAck:
-		c.answer(f.ID, reply{offset: f.Offset})
+		c.answer(f.ID, reply{offset: f.Offset, replayed: f.Replayed})
 	case proto.OpError:
 		return c.applyError(f)
 	case proto.OpResync:

@@ -270,6 +270,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("token", func(t *testing.T) { jsTokenScenario(t, startInBrowser(wd)) })
 	t.Run("refresh", func(t *testing.T) { jsRefreshScenario(t, startInBrowser(wd)) })
 	t.Run("server-subs", func(t *testing.T) { jsServerSubsScenario(t, startInBrowser(wd)) })
+	t.Run("idempotent", func(t *testing.T) { jsIdempotentScenario(t, startInBrowser(wd)) })
 	t.Run("wss", func(t *testing.T) { browserTLS(t, wd) })
 }
 

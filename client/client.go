@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"time"
+
 	"tether/internal/proto"
 )
 
@@ -64,6 +66,7 @@ type request struct {
 type reply struct {
 	exp      int64 // refreshed
 	offset   uint64
+	replayed bool      // ack of an idempotency key's first publish
 	presence *Presence // the answer of a presence request
 	err      error
 }
@@ -267,12 +270,54 @@ func (c *Client) Publish(ctx context.Context, channel string, data any) (uint64,
 	if err != nil {
 		return 0, fmt.Errorf("cannot encode data for %q: %w", channel, err)
 	}
+	r, err := c.publish(ctx, channel, p, "")
+	return r.offset, err
+}
+
+// PublishIdempotent publishes data to channel like Publish, but at most
+// once for key within the server's --idempotency-window: when the
+// connection drops before the reply, it sends the publish again, with the
+// same key, on the next connection, until ctx ends, so the message is
+// stored once whichever attempt reached the server. replayed reports that
+// the server had stored a message under key already (an earlier attempt,
+// or another publish with the same key) and answered with its offset.
+//
+// key is 1 to 128 bytes, in the key space of the client's user (the
+// token's sub; clients without a token share one), separate from the HTTP
+// API's. A key used for another channel within the window fails with an
+// *Error of code "conflict" (docs/protocol.md).
+func (c *Client) PublishIdempotent(ctx context.Context, channel string, data any, key string) (offset uint64, replayed bool, err error) {
+	if key == "" || len(key) > proto.MaxIdempotencyKeyLen {
+		return 0, false, fmt.Errorf("cannot publish to %q: an idempotency key is 1 to %d bytes", channel, proto.MaxIdempotencyKeyLen)
+	}
+	p, err := json.Marshal(data)
+	if err != nil {
+		return 0, false, fmt.Errorf("cannot encode data for %q: %w", channel, err)
+	}
+	for {
+		r, err := c.publish(ctx, channel, p, key)
+		if !errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+			return r.offset, r.replayed, err
+		}
+		// Lost before the reply: wait for the run goroutine to notice,
+		// then send it again on the next connection.
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, false, err
+		}
+	}
+}
+
+// publish sends one publish frame, waiting for a connection, and returns
+// the server's answer.
+func (c *Client) publish(ctx context.Context, channel string, p []byte, key string) (reply, error) {
 	for {
 		c.mu.Lock()
 		if c.closed {
 			err := c.err
 			c.mu.Unlock()
-			return 0, err
+			return reply{}, err
 		}
 		conn := c.conn
 		if conn == nil {
@@ -282,7 +327,7 @@ func (c *Client) Publish(ctx context.Context, channel string, data any) (uint64,
 			case <-up:
 			case <-c.ctx.Done():
 			case <-ctx.Done():
-				return 0, ctx.Err()
+				return reply{}, ctx.Err()
 			}
 			continue
 		}
@@ -291,19 +336,20 @@ func (c *Client) Publish(ctx context.Context, channel string, data any) (uint64,
 		c.pending[id] = req
 		c.mu.Unlock()
 
-		if err := conn.writeJSON(outFrame{Op: proto.OpPublish, Channel: channel, Data: p, ID: id}); err != nil {
+		f := outFrame{Op: proto.OpPublish, Channel: channel, Data: p, ID: id, IdempotencyKey: key}
+		if err := conn.writeJSON(f); err != nil {
 			c.forget(id)
-			return 0, fmt.Errorf("cannot publish to %q: %w", channel, ErrDisconnected)
+			return reply{}, fmt.Errorf("cannot publish to %q: %w", channel, ErrDisconnected)
 		}
 		select {
 		case r := <-req.reply:
 			if r.err != nil {
-				return 0, fmt.Errorf("cannot publish to %q: %w", channel, r.err)
+				return reply{}, fmt.Errorf("cannot publish to %q: %w", channel, r.err)
 			}
-			return r.offset, nil
+			return r, nil
 		case <-ctx.Done():
 			c.forget(id)
-			return 0, ctx.Err()
+			return reply{}, ctx.Err()
 		}
 	}
 }

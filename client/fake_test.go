@@ -566,6 +566,41 @@ func TestPublishWaitsForConnection(t *testing.T) {
 	}
 }
 
+// TestPublishIdempotentResends: a keyed publish whose connection drops
+// before the ack is sent again, with its key, on the next connection.
+func TestPublishIdempotentResends(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	fs := startFake(t)
+	c := fakeDial(t, fs, Options{})
+	type result struct {
+		off      uint64
+		replayed bool
+		err      error
+	}
+	done := make(chan result, 1)
+	go func() {
+		off, replayed, err := c.PublishIdempotent(context.Background(), "ch", 1, "order-17")
+		done <- result{off, replayed, err}
+	}()
+	conn := fs.next()
+	if f := conn.recv(); f["op"] != "publish" || f["idempotency_key"] != "order-17" {
+		t.Fatalf("got %v", f)
+	}
+	conn.nc.Close()
+	conn = fs.next()
+	f := conn.recv()
+	if f["op"] != "publish" || f["idempotency_key"] != "order-17" || fmt.Sprint(f["data"]) != "1" {
+		t.Fatalf("after the drop: %v", f)
+	}
+	conn.send(fmt.Sprintf(`{"op":"ack","id":%v,"offset":12,"replayed":true}`, f["id"]))
+	if r := <-done; r.err != nil || r.off != 12 || !r.replayed {
+		t.Fatalf("PublishIdempotent: %+v", r)
+	}
+	if _, _, err := c.PublishIdempotent(context.Background(), "ch", 1, ""); err == nil {
+		t.Error("empty key accepted")
+	}
+}
+
 func TestTLSAndHeaders(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	fs := startFakeServer(t, true)

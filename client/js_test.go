@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/bus"
 	"tether/client"
 	"tether/internal/testutil"
 	"tether/server"
@@ -262,6 +263,26 @@ func jsRefreshScenario(t *testing.T, start startJS) {
 // hands its messages to onServerMessage, restores it after a reconnect with
 // recovery, and drops it on POST /api/unsubscribe (unsubscribed, reason
 // server).
+// jsIdempotentScenario publishes three times with one idempotency key:
+// one message, offset 1 three times.
+func jsIdempotentScenario(t *testing.T, start startJS) {
+	b := bus.NewLocal(bus.Config{HistorySize: 100, IdempotencyWindow: time.Minute})
+	t.Cleanup(func() { b.Close() })
+	srv := startServer(t, server.Config{AllowClientPublish: true}, b)
+	d := start(t, srv.Addr().String(), "orders.js", map[string]any{
+		"idempotentPublish": map[string]any{"channel": "orders.js", "key": "order-17", "count": 3},
+	})
+	s := waitJS(t, d, 15*time.Second, "three publishes and a message", func(s jsState) bool {
+		return len(s.events("published")) == 3 && len(s.Msgs) == 1
+	})
+	// Offset 1 each time: a second publish would have been offset 2.
+	for _, e := range s.events("published") {
+		if e["offset"] != 1.0 {
+			t.Errorf("published %v, want offset 1", e)
+		}
+	}
+}
+
 func jsServerSubsScenario(t *testing.T, start startJS) {
 	secret := []byte("js-server-subs")
 	tokens := tokenServer(t, func() string {
@@ -414,4 +435,5 @@ func TestNode(t *testing.T) {
 	t.Run("token", func(t *testing.T) { jsTokenScenario(t, startNode) })
 	t.Run("refresh", func(t *testing.T) { jsRefreshScenario(t, startNode) })
 	t.Run("server-subs", func(t *testing.T) { jsServerSubsScenario(t, startNode) })
+	t.Run("idempotent", func(t *testing.T) { jsIdempotentScenario(t, startNode) })
 }

@@ -20,6 +20,8 @@ type outFrame struct {
 	Data    json.RawMessage `json:"data,omitempty"`
 	ID      uint64          `json:"id,omitempty"`
 	Token   string          `json:"token,omitempty"` // refresh
+	// IdempotencyKey makes a publish happen once (PublishIdempotent).
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
 
 // inFrame is every frame the server sends (docs/protocol.md,
@@ -31,6 +33,7 @@ type inFrame struct {
 	Offset    uint64          `json:"offset"`
 	Epoch     string          `json:"epoch"`
 	Recovered bool            `json:"recovered"`
+	Replayed  bool            `json:"replayed"` // ack
 	Data      json.RawMessage `json:"data"`
 	Code      string          `json:"code"`
 	Message   string          `json:"message"`

@@ -291,22 +291,38 @@ export class Client {
    * connection dropped before the reply (the message may or may not have
    * been published) or `closed`.
    *
+   * With `options.idempotencyKey` (1 to 128 bytes) the message is stored at
+   * most once per the server's `--idempotency-window`: a publish lost to a
+   * disconnect is sent again, with the key, on the next connection, and a
+   * key the server has seen resolves with the first message's offset. A key
+   * used for another channel rejects with `conflict`.
+   *
    * @param {string} channel
    * @param {any} data
+   * @param {{idempotencyKey?: string}} [options]
    * @returns {Promise<number>}
    */
-  async publish(channel, data) {
+  async publish(channel, data, options = {}) {
     const body = JSON.stringify(data);
-    while (this.state !== "connected") {
-      if (this._closed) throw new TetherError("closed", "the client is closed");
-      await new Promise((resolve) => this._waiters.push(resolve));
+    const key = options.idempotencyKey;
+    const keyField = key ? `,"idempotency_key":${JSON.stringify(key)}` : "";
+    for (;;) {
+      while (this.state !== "connected") {
+        if (this._closed) throw new TetherError("closed", "the client is closed");
+        await new Promise((resolve) => this._waiters.push(resolve));
+      }
+      const id = ++this._nextId;
+      const ws = /** @type {WebSocket} */ (this._ws);
+      try {
+        return await new Promise((resolve, reject) => {
+          this._pending.set(id, { resolve, reject });
+          ws.send(`{"op":"publish","channel":${JSON.stringify(channel)},"data":${body}${keyField},"id":${id}}`);
+        });
+      } catch (err) {
+        // Safe to send again only with a key: the server stores it once.
+        if (!key || !(err instanceof TetherError) || err.code !== "disconnected" || this._closed) throw err;
+      }
     }
-    const id = ++this._nextId;
-    const ws = /** @type {WebSocket} */ (this._ws);
-    return new Promise((resolve, reject) => {
-      this._pending.set(id, { resolve, reject });
-      ws.send(`{"op":"publish","channel":${JSON.stringify(channel)},"data":${body},"id":${id}}`);
-    });
   }
 
   /**

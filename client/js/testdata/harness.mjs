@@ -12,10 +12,14 @@ const EVENTS = [
  * @param {string} url
  * @param {string} channel
  * @param {object} opts tether.connect options, plus tokenURL: fetch a
- *   token from there before every attempt.
+ *   token from there before every attempt, and idempotentPublish
+ *   {channel, key, count}: once subscribed, publish count times with that
+ *   idempotency key, one after the other (a "published" event each).
  */
 export function start(url, channel, opts = {}) {
   const o = { ...opts };
+  const idem = o.idempotentPublish;
+  delete o.idempotentPublish;
   if (o.tokenURL) {
     const tokenURL = o.tokenURL;
     delete o.tokenURL;
@@ -36,7 +40,17 @@ export function start(url, channel, opts = {}) {
     });
   }
   const sub = c.subscribe(channel, (m) => state.msgs.push([m.offset, m.epoch, m.data]));
-  sub.ready.then(() => (state.ready = true));
+  sub.ready.then(async () => {
+    state.ready = true;
+    for (let i = 0; idem && i < idem.count; i++) {
+      try {
+        const offset = await c.publish(idem.channel, { n: i }, { idempotencyKey: idem.key });
+        state.events.push({ ev: "published", at: Date.now(), offset });
+      } catch (err) {
+        state.events.push({ ev: "published", at: Date.now(), error: err.code });
+      }
+    }
+  });
   state.client = c;
   return state;
 }
