@@ -84,10 +84,8 @@ func (s *Server) adminData(w http.ResponseWriter, r *http.Request) {
 		b = append(b, info...)
 	}
 	b = append(b, `],"channels":[`...)
-	for i, c := range mergeChannelCounts(g.Replies)[:] {
-		if i == adminTop {
-			break
-		}
+	top, _ := mergeChannelCounts(g.Replies, adminTop)
+	for i, c := range top {
 		if i > 0 {
 			b = append(b, ',')
 		}

@@ -312,11 +312,11 @@ func (s *Server) apiChannels(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	list := mergeChannelCounts(g.Replies)
+	list, total := mergeChannelCounts(g.Replies, limit)
 	b := append([]byte(nil), `{"total":`...)
-	b = strconv.AppendInt(b, int64(len(list)), 10)
+	b = strconv.AppendInt(b, int64(total), 10)
 	b = append(b, `,"channels":[`...)
-	for i, c := range list[:min(limit, len(list))] {
+	for i, c := range list {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -328,27 +328,77 @@ func (s *Server) apiChannels(w http.ResponseWriter, r *http.Request) {
 	s.apiAnswer(w, cmdChannels, append(b, ']'), g)
 }
 
-// mergeChannelCounts sums the nodes' channel counts and sorts them, most
-// subscribers first, then by name.
-func mergeChannelCounts(replies []bus.Reply) []channelCount {
-	sum := make(map[string]int)
-	for _, rep := range replies {
-		var one struct {
-			Channels map[string]int `json:"channels"`
-		}
-		_ = json.Unmarshal(rep.Body, &one)
-		for name, n := range one.Channels {
-			sum[name] += n
+// channelCounts is one node's answer to the channels command
+// (appendChannelCounts).
+type channelCounts struct {
+	Names []string `json:"names"`
+	Subs  []int    `json:"subs"`
+}
+
+// mergeChannelCounts sums the nodes' channel counts and returns the limit
+// channels with the most subscribers (most first, then by name), and how
+// many channels there are.
+func mergeChannelCounts(replies []bus.Reply, limit int) ([]channelCount, int) {
+	counts := make([]channelCounts, len(replies))
+	n := 0
+	for i, rep := range replies {
+		_ = json.Unmarshal(rep.Body, &counts[i])
+		n = max(n, len(counts[i].Names))
+	}
+	sum := make(map[string]int, n)
+	for _, c := range counts {
+		for j, name := range c.Names[:min(len(c.Names), len(c.Subs))] {
+			sum[name] += c.Subs[j]
 		}
 	}
-	list := make([]channelCount, 0, len(sum))
-	for name, n := range sum {
-		list = append(list, channelCount{name, n})
+	return topChannels(sum, limit), len(sum)
+}
+
+// rankChannels orders channels most subscribers first, then by name.
+func rankChannels(a, b channelCount) int {
+	return cmp.Or(b.subs-a.subs, cmp.Compare(a.name, b.name))
+}
+
+// topChannels returns the limit first channels of sum by rankChannels, in
+// O(n log limit): a heap of the best so far, whose root is the worst of
+// them, so that most channels are turned away by one comparison.
+func topChannels(sum map[string]int, limit int) []channelCount {
+	h := make([]channelCount, 0, min(limit, len(sum)))
+	for name, subs := range sum {
+		c := channelCount{name, subs}
+		if len(h) < limit {
+			h = append(h, c)
+			for i := len(h) - 1; i > 0; {
+				p := (i - 1) / 2
+				if rankChannels(h[p], h[i]) >= 0 {
+					break
+				}
+				h[p], h[i] = h[i], h[p]
+				i = p
+			}
+			continue
+		}
+		if len(h) == 0 || rankChannels(c, h[0]) >= 0 {
+			continue
+		}
+		h[0] = c
+		for i := 0; ; {
+			m := 2*i + 1
+			if m >= len(h) {
+				break
+			}
+			if r := m + 1; r < len(h) && rankChannels(h[r], h[m]) > 0 {
+				m = r
+			}
+			if rankChannels(h[i], h[m]) >= 0 {
+				break
+			}
+			h[i], h[m] = h[m], h[i]
+			i = m
+		}
 	}
-	slices.SortFunc(list, func(a, b channelCount) int {
-		return cmp.Or(b.subs-a.subs, cmp.Compare(a.name, b.name))
-	})
-	return list
+	slices.SortFunc(h, rankChannels)
+	return h
 }
 
 // apiInfo handles GET /api/info: every node's state.

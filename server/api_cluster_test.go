@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -328,5 +331,84 @@ func TestAPIDisconnectClosingConn(t *testing.T) {
 	}
 	if code := c.expectClose(5 * time.Second); code != 4001 {
 		t.Fatalf("closed with %d, want the first disconnect's 4001", code)
+	}
+}
+
+// TestMeasureChannelsAPI measures GET /api/channels on three nodes sharing
+// a real Redis with TETHER_CHANNELS active channels (default 100,000)
+// spread over the nodes: the time of a whole answer, every channel
+// counted, and of one whose pattern matches 1 %. A measurement, not a
+// check: run it with TETHER_MEASURE=1 (docs/api.md quotes it).
+func TestMeasureChannelsAPI(t *testing.T) {
+	if os.Getenv("TETHER_MEASURE") == "" {
+		t.Skip("a measurement: set TETHER_MEASURE=1")
+	}
+	total := 100_000
+	if v, err := strconv.Atoi(os.Getenv("TETHER_CHANNELS")); err == nil && v > 0 {
+		total = v
+	}
+	r := testutil.StartRedis(t)
+	rcfg := redisTestConfig()
+	rcfg.URL = r.URL()
+	rcfg.Linger = time.Minute
+	rcfg.CommandTimeout = 10 * time.Second
+	nodes := startRedisNodes(t, 3, Config{APIKey: testAPIKey, ClientMsgRate: -1, MaxSubsPerConn: -1}, rcfg)
+	start := time.Now()
+	for i, n := range nodes {
+		c := mustDial(t, n.addr)
+		const batch = 1000
+		for lo := i; lo < total; lo += 3 * batch {
+			sent := 0
+			for k := lo; k < min(lo+3*batch, total); k += 3 {
+				c.send(map[string]any{"op": "subscribe", "channel": "m." + strconv.Itoa(k)})
+				sent++
+			}
+			for range sent {
+				if f := nextData(t, c, 30*time.Second); f["op"] != proto.OpSubscribed {
+					t.Fatalf("subscribe answered %v", f)
+				}
+			}
+		}
+	}
+	t.Logf("%d channels subscribed on 3 nodes in %v", total, time.Since(start).Round(time.Millisecond))
+	measure := func(path string) {
+		const runs = 10
+		var took []time.Duration
+		var m map[string]any
+		for range runs {
+			s := time.Now()
+			m = apiOK(t, "GET", nodes[0].addr, path, "")
+			took = append(took, time.Since(s))
+		}
+		slices.Sort(took)
+		t.Logf("GET %s: total %v, median %v, max %v over %d runs", path, m["total"], took[runs/2].Round(time.Microsecond), took[runs-1].Round(time.Microsecond), runs)
+	}
+	measure("/api/channels?limit=10")
+	measure("/api/channels?pattern=m.*77&limit=10")
+}
+
+// TestTopChannels checks the heap selection against a full sort, with
+// many ties in subscribers (ties are broken by name).
+func TestTopChannels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{0, 1, 2, 7, 100, 1000} {
+		sum := make(map[string]int)
+		for i := range n {
+			sum["c"+strconv.Itoa(i)] = 1 + rng.IntN(5)
+		}
+		var all []channelCount
+		for name, subs := range sum {
+			all = append(all, channelCount{name, subs})
+		}
+		slices.SortFunc(all, rankChannels)
+		for _, limit := range []int{1, 2, 3, 10, n, n + 1} {
+			if limit < 1 {
+				continue
+			}
+			got := topChannels(sum, limit)
+			if want := all[:min(limit, n)]; !slices.Equal(got, want) {
+				t.Fatalf("%d channels, limit %d: got %v, want %v", n, limit, got, want)
+			}
+		}
 	}
 }

@@ -146,9 +146,11 @@ type channelCount struct {
 	subs int
 }
 
-// appendChannelCounts appends {"channels":{"name":subscribers,…}} for the
-// node's channels matching pattern ("" matches all), only the top ones by
-// subscribers when top > 0.
+// appendChannelCounts appends {"names":[…],"subs":[…]}, the node's
+// channels matching pattern ("" matches all) and their subscribers, only
+// the top ones by subscribers when top > 0. Two arrays rather than an
+// object: the asking node decodes and sums them in half the time
+// (BenchmarkMergeChannelCounts).
 func (s *Server) appendChannelCounts(dst []byte, pattern string, top int) []byte {
 	var list []channelCount
 	for i := range s.index.shards {
@@ -169,16 +171,21 @@ func (s *Server) appendChannelCounts(dst []byte, pattern string, top int) []byte
 		slices.SortFunc(list, func(a, b channelCount) int { return b.subs - a.subs })
 		list = list[:top]
 	}
-	dst = append(dst, `{"channels":{`...)
+	dst = append(dst, `{"names":[`...)
 	for i, c := range list {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
 		dst = appendJSONString(dst, c.name)
-		dst = append(dst, ':')
+	}
+	dst = append(dst, `],"subs":[`...)
+	for i, c := range list {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
 		dst = strconv.AppendInt(dst, int64(c.subs), 10)
 	}
-	return append(dst, "}}"...)
+	return append(dst, "]}"...)
 }
 
 // info returns the node's state, with the recent samples when series is
