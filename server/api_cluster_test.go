@@ -217,13 +217,15 @@ func testClusterAPI(t *testing.T, nodes []*testServer) {
 	}
 
 	// Unsubscribe: alice is told with reason server, and messages stop.
+	m5 := m
 	m = apiOK(t, "POST", nodes[2].addr, "/api/unsubscribe", `{"user":"alice","channel":"news.1"}`)
 	if num(m["conns"]) != 4 || num(m["changed"]) != 4 {
 		t.Fatalf("unsubscribe answered %v", m)
 	}
+	// The frame carries the position of the last message each got: 5.
 	for i, c := range alice {
-		if f := c.expect(proto.OpUnsubscribed); f["channel"] != "news.1" || f["reason"] != proto.ReasonServer {
-			t.Fatalf("alice %d: %v, want unsubscribed from news.1 by the server", i, f)
+		if f := c.expect(proto.OpUnsubscribed); f["channel"] != "news.1" || f["reason"] != proto.ReasonServer || num(f["offset"]) != 5 || f["epoch"] != m5["epoch"] {
+			t.Fatalf("alice %d: %v, want unsubscribed from news.1 by the server at offset 5, epoch %v", i, f, m5["epoch"])
 		}
 	}
 	testutil.Eventually(t, 5*time.Second, func() bool {

@@ -252,8 +252,10 @@ func (c *conn) takeSub(match func(*subscription) bool) *subscription {
 }
 
 // removeSub removes sub from its channel, and the channel from the index
-// when it was the last subscriber.
-func (s *Server) removeSub(sub *subscription) {
+// when it was the last subscriber. When sub was live it returns the
+// position of the last message queued to it (ok false when it was still
+// recovering, or no message has come live since the channel was set up).
+func (s *Server) removeSub(sub *subscription) (pos bus.Position, ok bool) {
 	ch := sub.ch
 	sh := s.index.shard(ch.name)
 	sh.mu.Lock()
@@ -261,7 +263,10 @@ func (s *Server) removeSub(sub *subscription) {
 	if sub.idx < 0 {
 		ch.mu.Unlock()
 		sh.mu.Unlock()
-		return
+		return pos, false
+	}
+	if sub.rec.state == live && ch.epoch != "" {
+		pos, ok = bus.Position{Offset: ch.offset, Epoch: ch.epoch}, true
 	}
 	last := len(ch.subs) - 1
 	moved := ch.subs[last]
@@ -287,6 +292,7 @@ func (s *Server) removeSub(sub *subscription) {
 		s.m.channels.Add(-1)
 		s.bus.Unsubscribe(ch.name)
 	}
+	return pos, ok
 }
 
 // onBusMessage is the bus handler: it encodes m once and queues the same

@@ -199,12 +199,17 @@ func appendUnsubscribed(dst []byte, channel string, id json.RawMessage) []byte {
 }
 
 // appendUnsubscribedBy appends the frame of a subscription the server
-// ended on its own, with its reason (proto.ReasonForbidden …).
-func appendUnsubscribedBy(dst []byte, channel, reason string) []byte {
+// ended on its own, with its reason (proto.ReasonForbidden …) and, when
+// hasLast, the position of the last message the subscription was sent.
+func appendUnsubscribedBy(dst []byte, channel, reason string, last bus.Position, hasLast bool) []byte {
 	dst = append(dst, `{"op":"unsubscribed","channel":`...)
 	dst = appendJSONString(dst, channel)
 	dst = append(dst, `,"reason":`...)
 	dst = appendJSONString(dst, reason)
+	if hasLast {
+		dst = strconv.AppendUint(append(dst, `,"offset":`...), last.Offset, 10)
+		dst = appendJSONString(append(dst, `,"epoch":`...), last.Epoch)
+	}
 	return append(dst, '}')
 }
 
