@@ -23,10 +23,15 @@ func TestAPIListenKeepsTheAPIOffThePublicListener(t *testing.T) {
 			t.Fatalf("%s %s on %s: %d, want %d", method, path, srv.addr, resp.StatusCode, want)
 		}
 	}
-	for _, p := range []string{"/api/publish", "/metrics", "/healthz", "/readyz"} {
+	for _, p := range []string{"/api/publish", "/metrics", "/healthz", "/readyz", "/api/info", "/api/channels",
+		"/api/presence?channel=a", "/api/history?channel=a", "/admin", "/admin/data"} {
 		f(ts, "GET", p, 404)
 	}
 	f(ts, "POST", "/api/publish", 404)
+	f(ts, "POST", "/api/disconnect", 404)
+	f(ts, "POST", "/api/subscribe", 404)
+	f(api, "GET", "/api/info", 200)
+	f(api, "GET", "/admin", 200)
 	f(api, "POST", "/api/publish", 200)
 	f(api, "GET", "/metrics", 200)
 	f(api, "GET", "/healthz", 200)
