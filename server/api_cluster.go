@@ -25,7 +25,6 @@ import (
 
 // Defaults and bounds of the API's parameters.
 const (
-	defaultDisconnectCode = 4000 // "disconnected by the application"
 	maxCloseReason        = 123  // bytes of a close frame's reason (RFC 6455)
 	defaultChannelsLimit  = 1000
 	maxChannelsLimit      = 1_000_000
@@ -255,7 +254,7 @@ func checkUserRequest(name string, req userRequest) (clusterCmd, string) {
 	}
 	switch name {
 	case cmdDisconnect:
-		cmd.Code, cmd.Reason = cmp.Or(req.Code, defaultDisconnectCode), req.Reason
+		cmd.Code, cmd.Reason = cmp.Or(req.Code, proto.CloseDisconnected), req.Reason
 		if cmd.Code < 4000 || cmd.Code > 4999 {
 			return cmd, "code must be between 4000 and 4999"
 		}

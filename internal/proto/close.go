@@ -16,6 +16,7 @@ const (
 	CloseTooBig         = wsframe.CloseTooBig
 	CloseRestart        = wsframe.CloseServiceRestart
 
+	CloseDisconnected      = 4000 // the default of POST /api/disconnect
 	CloseUnauthorized      = 4001
 	CloseHeartbeatTimeout  = 4008
 	CloseSlowConsumer      = 4009
@@ -49,6 +50,7 @@ var closes = [...]CloseInfo{
 	{CloseInvalidPayload, "invalid_payload", "a text message that is not UTF-8", SentByClient},
 	{CloseTooBig, "too_big", "a frame larger than the receiver's bound (the server's: --max-message-size plus 1 KiB of room for the envelope)", SentByBoth},
 	{CloseRestart, "restart", "node restarting / draining (preceded by reconnect)", SentByServer},
+	{CloseDisconnected, "disconnected", "the application disconnected the user (POST /api/disconnect without a code; it may give any code from 4000 to 4999)", SentByServer},
 	{CloseUnauthorized, "unauthorized", "unauthorized or token expired", SentByServer},
 	{CloseHeartbeatTimeout, "heartbeat_timeout", "heartbeat timeout: no inbound frame for ping interval + pong timeout (a client's watchdog sends it too)", SentByBoth},
 	{CloseSlowConsumer, "slow_consumer", "slow consumer: more than --max-conn-buffer bytes pending", SentByServer},
