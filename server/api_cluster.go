@@ -25,11 +25,11 @@ import (
 
 // Defaults and bounds of the API's parameters.
 const (
-	maxCloseReason        = 123  // bytes of a close frame's reason (RFC 6455)
-	defaultChannelsLimit  = 1000
-	maxChannelsLimit      = 1_000_000
-	defaultHistoryLimit   = 100
-	maxHistoryLimit       = 1000
+	maxCloseReason       = 123 // bytes of a close frame's reason (RFC 6455)
+	defaultChannelsLimit = 1000
+	maxChannelsLimit     = 1_000_000
+	defaultHistoryLimit  = 100
+	maxHistoryLimit      = 1000
 )
 
 // Outcomes of an API command (the outcome label of
