@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sort"
@@ -51,6 +52,70 @@ func TestIdleTimeoutKept(t *testing.T) {
 			}
 			t.Logf("%s: %d clients, %d disconnects in %v (pings 1s, idle timeout %v)",
 				lb.name, clients, f.count(client.EventDisconnected, start), time.Since(start).Round(time.Millisecond), lbIdle)
+		})
+	}
+}
+
+// TestIdleTimeoutBusyNotPinged checks the pings a node skips (conn.takePing):
+// a client that publishes to its own channel every 5ms, so that frames go
+// both ways within every heartbeat tick, is not pinged, and yet neither the
+// load balancer (3s idle timeout) nor the client's watchdog (1s interval +
+// 100ms grace) nor the node's own watchdog (pong timeout) cuts it in 10s.
+func TestIdleTimeoutBusyNotPinged(t *testing.T) {
+	t.Parallel()
+	const watch = 10 * time.Second
+	for _, lb := range lbKinds {
+		t.Run(lb.name, func(t *testing.T) {
+			t.Parallel()
+			n := startNode(t, "--ping-interval", "1s", "--allow-client-publish", "--client-msg-rate", "-1")
+			l := lb.start(t, idleEdits[lb.name], n)
+			ctx, cancel := context.WithTimeout(context.Background(), watch+30*time.Second)
+			defer cancel()
+			var mu sync.Mutex
+			var evs []client.Event
+			c, err := client.Dial(ctx, "ws://"+l.Addr()+"/ws", client.Options{
+				WatchdogGrace: 100 * time.Millisecond,
+				OnEvent: func(ev client.Event) {
+					mu.Lock()
+					evs = append(evs, ev)
+					mu.Unlock()
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Subscribe("busy", func(client.Message) {}); err != nil {
+				t.Fatal(err)
+			}
+			skipped0 := n.metric("tether_heartbeat_pings_skipped_total")
+			start := time.Now()
+			published := 0
+			for time.Since(start) < watch {
+				if _, err := c.Publish(ctx, "busy", published); err != nil {
+					t.Fatalf("publish %d after %v: %v", published, time.Since(start), err)
+				}
+				published++
+				time.Sleep(5 * time.Millisecond)
+			}
+			skipped := n.metric("tether_heartbeat_pings_skipped_total") - skipped0
+			mu.Lock()
+			disconnects := 0
+			for _, ev := range evs {
+				if ev.Type == client.EventDisconnected {
+					disconnects++
+					t.Errorf("disconnected: %v", ev.Err)
+				}
+			}
+			mu.Unlock()
+			if to := n.metric("tether_heartbeat_timeouts_total"); to != 0 {
+				t.Errorf("%v heartbeat timeouts", to)
+			}
+			t.Logf("%s: %d publishes in %v, %v of ~%d pings skipped, %d disconnects", lb.name, published,
+				time.Since(start).Round(time.Millisecond), skipped, int(watch/time.Second), disconnects)
+			if skipped == 0 {
+				t.Errorf("no ping skipped although frames went both ways every few ms")
+			}
 		})
 	}
 }

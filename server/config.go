@@ -69,7 +69,8 @@ type Config struct {
 	// MaxConnBuffer bounds the bytes waiting to be written to one
 	// connection, both in tether's queue and in the engine's write buffer
 	// (so at most twice this per connection); a connection over it is a slow
-	// consumer and is closed with 4009. If zero, 1 MiB is used.
+	// consumer and is closed with 4009. If zero, 1 MiB is used; at most
+	// 1 GiB.
 	MaxConnBuffer int
 	// MaxConnsPerUser bounds the connections one user (a token's sub) may
 	// hold open on this node; an upgrade over it is refused with 429 and a
@@ -259,6 +260,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.JoinLeaveMax == 0 {
 		c.JoinLeaveMax = 1000
+	}
+	if c.MaxConnBuffer > 1<<30 {
+		return c, fmt.Errorf("%w: max conn buffer (%d) must be at most 1 GiB", ErrInvalidConfig, c.MaxConnBuffer)
 	}
 	if c.MaxConnBuffer < c.MaxMessageSize+4096 {
 		return c, fmt.Errorf("%w: max conn buffer (%d) must exceed max message size (%d) by 4 KiB", ErrInvalidConfig, c.MaxConnBuffer, c.MaxMessageSize)

@@ -37,9 +37,10 @@ type conn struct {
 
 	// guarded by mu
 	mu              sync.Mutex
-	pending         [][]byte // frames waiting for the flusher (shared, read-only)
-	spare           [][]byte // the other half of the double buffer
-	pendingBytes    int
+	pending         [][]byte      // frames waiting for the flusher (shared, read-only)
+	spare           [][]byte      // the other half of the double buffer
+	pendingBytes    int32         // at most Config.MaxConnBuffer, which is at most 1 GiB
+	lastWrite       uint32        // coarse clock in ms (mod 2^32) of the latest write to the socket (takePing)
 	disconnect      string        // why the connection ended (a metrics label)
 	subs            *subscription // first of the list linked by subscription.nextOfConn
 	queued          bool          // in a flusher queue or being flushed
@@ -91,6 +92,7 @@ func (s *Server) initConn(c *conn, auth *claims) {
 	c.rd.maxMessage = wsMaxMessage(s.cfg.MaxMessageSize + 1024)
 	c.wheelEntry.Value = c
 	c.lastSeen.Store(s.clock.Load())
+	c.lastWrite = msClock(s.clock.Load()) - 1<<31 // long ago: no write yet
 }
 
 // addConn makes c, upgraded, known to the server: in the connection set
@@ -110,13 +112,13 @@ func (c *conn) enqueue(frame []byte) (schedule bool) {
 		c.mu.Unlock()
 		return false
 	}
-	if c.pendingBytes+len(frame) > c.srv.cfg.MaxConnBuffer {
+	if int(c.pendingBytes)+len(frame) > c.srv.cfg.MaxConnBuffer {
 		c.mu.Unlock()
 		c.srv.slowConsumer(c)
 		return false
 	}
 	c.pending = append(c.pending, frame)
-	c.pendingBytes += len(frame)
+	c.pendingBytes += int32(len(frame))
 	if c.queued {
 		c.mu.Unlock()
 		return false

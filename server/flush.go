@@ -115,6 +115,12 @@ func (f *flusher) flush(c *conn) {
 	f.written(c, bufs, true, err)
 }
 
+// msClock returns the coarse clock ns in milliseconds, modulo 2^32: the
+// difference of two such readings is right while they are less than 49
+// days apart, and a connection is written to at least once per ping
+// interval.
+func msClock(ns int64) uint32 { return uint32(ns / 1e6) }
+
 // takePending takes the frames queued for c, leaving it the spare half of
 // its double buffer to queue into meanwhile.
 func (c *conn) takePending() [][]byte {
@@ -144,10 +150,29 @@ func (f *flusher) ping(c *conn) {
 // open and nothing is queued for it; c is then marked queued until the
 // write is done. If frames are queued, the ping joins them; if c is
 // closing, no ping is needed.
+//
+// Nor is one needed when frames went both ways within heartbeats.recent:
+// two heartbeat ticks (the coarse clock's step is a tick: interval/64,
+// 390 ms at the default 25 s), or half the PongTimeout if that is less.
+// The client's watchdog and a load balancer's idle timer want a frame
+// from the server at least once per interval (the watchdog allows the
+// client's grace more), and one is being written now or was at most
+// recent ago, the next ping coming one interval later; so the client's
+// grace must be at least that (tether's clients: 5 s). The node's own
+// watchdog wants a frame from the client within interval + PongTimeout of
+// the last; the client sent one at most PongTimeout/2 ago, so the next
+// ping's answer is in time. Such a ping is counted as skipped.
 func (c *conn) takePing() bool {
+	now := c.srv.clock.Load()
+	recent := c.srv.heartbeats.recent
 	c.mu.Lock()
 	if c.closing || c.closed {
 		c.mu.Unlock()
+		return false
+	}
+	if now-c.lastSeen.Load() < recent && (c.queued || int64(msClock(now)-c.lastWrite)*1e6 < recent) {
+		c.mu.Unlock()
+		c.srv.m.pingsSkipped.Inc()
 		return false
 	}
 	if c.queued {
@@ -177,6 +202,7 @@ func (f *flusher) written(c *conn, bufs [][]byte, took bool, err error) {
 		return
 	}
 	c.mu.Lock()
+	c.lastWrite = msClock(f.srv.clock.Load())
 	if took {
 		c.spare = bufs[:0]
 	}

@@ -25,7 +25,8 @@ const closeGrace = 2 * time.Second
 // dense slice of connections, so a scan is a run of independent loads, not
 // a chase through a linked list, and nothing is unlinked or relinked per
 // ping. The ping itself is queued by the flusher that writes it
-// (flusher.ping), which takes the connection's lock once for both.
+// (flusher.ping), which takes the connection's lock once for both, and
+// skips it when frames went both ways within recent (conn.takePing).
 //
 // The deadlines that are not periodic live on a timing wheel, one entry per
 // connection, scheduled only while one of them is pending: the close
@@ -41,6 +42,7 @@ type heartbeats struct {
 	window   int64         // immutable, nanoseconds: Config.RefreshWindow, 0 = no refresh_due
 	phases   int64         // immutable: phases (ticks) per interval
 	check    int64         // immutable: ticks from a phase's ping to its check, ⌈PongTimeout/tick⌉
+	recent   int64         // immutable, nanoseconds: frames both ways within it make a ping needless (conn.takePing)
 	shards   []heartbeatShard
 
 	// owned by advance
@@ -81,6 +83,7 @@ func newHeartbeats(s *Server, shards int) *heartbeats {
 		window:   int64(max(s.cfg.RefreshWindow, 0)),
 		phases:   int64((interval + tick - 1) / tick),
 		check:    int64((s.cfg.PongTimeout + tick - 1) / tick),
+		recent:   int64(min(2*tick, s.cfg.PongTimeout/2)),
 		shards:   make([]heartbeatShard, shards),
 		pings:    make([][]*conn, len(s.flushers)),
 	}

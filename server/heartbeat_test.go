@@ -16,7 +16,8 @@ import (
 // PongTimeout (within one tick after it, as a deadline on the wheel is
 // rounded up to a tick); one that always answers, and one whose client
 // sends frames but ignores pings, never. Every open one is pinged once per
-// interval.
+// interval, but for one that was sent and sent a frame within every tick:
+// its pings are skipped, and it is not closed either.
 func TestHeartbeatSilenceDeadline(t *testing.T) {
 	const interval, timeout = 10 * time.Second, 4 * time.Second
 	s, err := New(Config{Listen: "127.0.0.1:0", PingInterval: interval, PongTimeout: timeout}, bus.NewLocal(bus.Config{}), nil)
@@ -33,6 +34,7 @@ func TestHeartbeatSilenceDeadline(t *testing.T) {
 		name      string
 		answers   func(at time.Duration) bool // answers a ping written at this time
 		talksAt   time.Duration               // sends a frame every talksAt (0: never on its own)
+		busy      bool                        // is sent a frame every tick
 		c         *conn
 		pings     int
 		closedAt  time.Duration
@@ -44,6 +46,7 @@ func TestHeartbeatSilenceDeadline(t *testing.T) {
 		{name: "answers then stops", answers: func(at time.Duration) bool { return at < stopsAt }},
 		{name: "answers", answers: func(time.Duration) bool { return true }},
 		{name: "talks, ignores pings", answers: func(time.Duration) bool { return false }, talksAt: 3 * time.Second},
+		{name: "busy both ways", answers: func(time.Duration) bool { return true }, talksAt: h.tick / 2, busy: true},
 	}
 	byConn := map[*conn]*sim{}
 	for _, x := range sims {
@@ -59,6 +62,11 @@ func TestHeartbeatSilenceDeadline(t *testing.T) {
 			if x.talksAt > 0 && at/x.talksAt != (at-h.tick)/x.talksAt && x.closedAt == 0 {
 				x.c.lastSeen.Store(now.UnixNano())
 				x.lastFrame = at
+			}
+		}
+		for _, x := range sims {
+			if x.busy && x.closedAt == 0 {
+				x.c.send(pingFrame) // any frame: the server writes to it every tick
 			}
 		}
 		h.advance(now)
@@ -100,6 +108,11 @@ func TestHeartbeatSilenceDeadline(t *testing.T) {
 			if x.closedAt < deadline || x.closedAt > deadline+h.tick {
 				t.Errorf("%s: last frame at %v, closed at %v, want within a tick (%v) after %v", x.name, x.lastFrame, x.closedAt, h.tick, deadline)
 			}
+		case "busy both ways":
+			// Frames went both ways within every tick: no ping is needed.
+			if x.closedAt != 0 || x.pings != 0 {
+				t.Errorf("%s: closed at %v, %d pings, want neither", x.name, x.closedAt, x.pings)
+			}
 		default:
 			if x.closedAt != 0 {
 				t.Errorf("%s: closed at %v", x.name, x.closedAt)
@@ -111,5 +124,8 @@ func TestHeartbeatSilenceDeadline(t *testing.T) {
 	}
 	if n := s.m.heartbeatTimeouts.Get(); n != 2 {
 		t.Errorf("%d heartbeat timeouts counted, want 2", n)
+	}
+	if n, want := s.m.pingsSkipped.Get(), uint64(span/interval); n < want-1 || n > want {
+		t.Errorf("%d pings skipped, want %d (the busy connection's)", n, want)
 	}
 }

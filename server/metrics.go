@@ -32,6 +32,7 @@ type serverMetrics struct {
 	deliveredBytes     *metrics.Counter
 	fanoutDuration     *metrics.Histogram
 	heartbeatTimeouts  *metrics.Counter
+	pingsSkipped       *metrics.Counter
 	slowConsumers      *metrics.Counter
 	coalescedWrites    *metrics.Counter
 	socketWrites       *metrics.Counter
@@ -97,6 +98,7 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	m.deliveredBytes = set.NewCounter("tether_delivered_bytes_total")
 	m.fanoutDuration = set.NewHistogram("tether_fanout_duration_seconds")
 	m.heartbeatTimeouts = set.NewCounter("tether_heartbeat_timeouts_total")
+	m.pingsSkipped = set.NewCounter("tether_heartbeat_pings_skipped_total")
 	m.slowConsumers = set.NewCounter("tether_slow_consumer_disconnects_total")
 	m.coalescedWrites = set.NewCounter("tether_coalesced_writes_total")
 	m.socketWrites = set.NewCounter("tether_socket_writes_total")
