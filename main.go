@@ -113,7 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.presTTL, "presence-ttl", 15*time.Second, "with Redis: a crashed node's presence members are gone within 4/3 of this plus one cleaning pass; 0 = 15s")
 	fs.Var(&o.runtime.memoryLimit, "memory-limit", "soft limit of the Go runtime's memory (debug.SetMemoryLimit), e.g. 2GiB: GC runs earlier to stay under it; 0 = GOMEMLIMIT or none")
 	fs.IntVar(&o.runtime.gcPercent, "gc-percent", 0, "heap growth between GC cycles in percent (GOGC); 25 keeps RSS near the live heap; 0 = GOGC or 100")
-	fs.DurationVar(&o.runtime.memoryRelease, "memory-release", time.Minute, "return heap memory to the kernel when it stayed free for this long (after a connection peak); 0 = 1m, negative = never (the Go runtime's scavenger alone)")
+	fs.DurationVar(&o.runtime.memoryRelease, "memory-release", 30*time.Second, "return heap memory to the kernel when it stayed free for this long (after a connection peak); 0 = 30s, negative = never (the Go runtime's scavenger alone)")
 	fs.StringVar(&o.runtime.pprofListen, "pprof-listen", "", "private TCP address serving /debug/pprof/ (profiles); empty = off")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -213,7 +213,7 @@ func run(args []string, stderr io.Writer) int {
 	set := metrics.NewSet()
 	o.cfg.Metrics = set
 	if o.runtime.memoryRelease == 0 {
-		o.runtime.memoryRelease = time.Minute
+		o.runtime.memoryRelease = 30 * time.Second
 	}
 	if o.runtime.memoryRelease > 0 {
 		go releaseMemory(o.runtime.memoryRelease, set, log, ctx.Done())

@@ -41,8 +41,8 @@ import (
 // storm) therefore keeps the RSS of the peak long after the connections
 // left. --memory-release checks the heap's free, unreturned pages every
 // --memory-release/12 and, when their minimum over the last
-// --memory-release stayed above a quarter of the heap in use (and above
-// 4 MiB), returns them with debug.FreeOSMemory: that memory was not used
+// --memory-release stayed above an eighth of the heap in use (and above
+// 1 MiB), returns them with debug.FreeOSMemory: that memory was not used
 // for a whole period, so returning it costs nothing but the collection
 // FreeOSMemory forces (one GC cycle, concurrent with the node's work).
 
@@ -55,7 +55,7 @@ type runtimeOptions struct {
 }
 
 // releaseMinFree is the least free memory worth a forced collection.
-const releaseMinFree = 4 << 20
+const releaseMinFree = 1 << 20
 
 // releaseMemory runs the --memory-release policy until done is closed.
 func releaseMemory(every time.Duration, set *vm.Set, log *slog.Logger, done <-chan struct{}) {
@@ -83,7 +83,7 @@ func releaseMemory(every time.Duration, set *vm.Set, log *slog.Logger, done <-ch
 		if n++; n < checks {
 			continue
 		}
-		if minFree > releaseMinFree && minFree > inUse/4 {
+		if minFree > releaseMinFree && minFree > inUse/8 {
 			debug.FreeOSMemory()
 			metrics.Read(samples)
 			back := free - min(free, samples[0].Value.Uint64())
