@@ -25,6 +25,9 @@
 //	connection (conn.mu)
 //	flusher queue (flusher.mu)
 //
+// ownRecords.txMu (a TLS connection's sealing, tls.go) is a leaf: only
+// nbio's Write is called under it.
+//
 // lifetimes.mu (the idle-cut detector) is a leaf: it is taken with none of
 // these held, and nothing is called under it.
 //
@@ -45,6 +48,7 @@
 //	every goroutine of the server, counted by name        goroutines.go
 //	nbio's callbacks: open, data, close; socket bound     engine.go
 //	TLS: handshake goroutine, pipe, decrypting, reload    tls.go
+//	TLS 1.3 record layer after the handshake (RFC 8446)   tlsrecord.go
 //	HTTP before the upgrade: requests, bodies, answers    httpconn.go
 //	the request head parser (RFC 9112)                    httpreq.go
 //	the upgrade: handshake checks, admission, 101         upgrade.go

@@ -100,7 +100,7 @@ func (c *conn) onPlain(data []byte) {
 // engine's write buffer.
 func (c *conn) write(b []byte) (int, error) {
 	if c.tls != nil {
-		return c.tls.tc.Write(b)
+		return c.tls.write(b)
 	}
 	return c.nc.Write(b)
 }

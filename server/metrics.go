@@ -40,6 +40,8 @@ type serverMetrics struct {
 	notRecovered       *metrics.Counter
 	apiErrors          *metrics.Counter
 	tlsHandshakeErrors *metrics.Counter
+	tlsRecordLayer     map[string]*metrics.Counter // by mode (tls.go)
+	tlsRecordErrors    map[string]*metrics.Counter // by reason (tls.go)
 
 	presenceEntries     atomic.Int64 // this node's presence members (presence.go)
 	joinLeaveEmitted    *metrics.Counter
@@ -106,6 +108,14 @@ func newServerMetrics(set *metrics.Set) *serverMetrics {
 	m.notRecovered = set.NewCounter(`tether_recoveries_total{result="not_recovered"}`)
 	m.apiErrors = set.NewCounter("tether_api_errors_total")
 	m.tlsHandshakeErrors = set.NewCounter("tether_tls_handshake_errors_total")
+	m.tlsRecordLayer = make(map[string]*metrics.Counter)
+	for _, mode := range []string{recordLayerOwn, recordLayerCryptoTLS, recordLayerFallback} {
+		m.tlsRecordLayer[mode] = set.NewCounter(`tether_tls_record_layer_total{mode="` + mode + `"}`)
+	}
+	m.tlsRecordErrors = make(map[string]*metrics.Counter)
+	for _, r := range []string{"bad_record_mac", "record_overflow", "unexpected_message", "alert", "key_update_rate"} {
+		m.tlsRecordErrors[r] = set.NewCounter(`tether_tls_record_errors_total{reason="` + r + `"}`)
+	}
 	set.NewGauge("tether_presence_entries", func() float64 { return float64(m.presenceEntries.Load()) })
 	m.joinLeaveEmitted = set.NewCounter(`tether_join_leave_events_total{result="emitted"}`)
 	m.joinLeaveSuppressed = set.NewCounter(`tether_join_leave_events_total{result="suppressed"}`)
