@@ -105,6 +105,18 @@ func (c *conn) write(b []byte) (int, error) {
 	return c.nc.Write(b)
 }
 
+// closeGracefully closes the socket of a connection whose close
+// handshake is done: with TLS on our own record layer a close_notify
+// goes first (RFC 8446 §6.1), so the client can tell the end from a
+// truncation.
+func (c *conn) closeGracefully() {
+	if c.tls != nil {
+		c.tls.closeWithAlert(alertCloseNotify)
+		return
+	}
+	_ = c.nc.Close()
+}
+
 // onEngineClose runs once for every socket nbio closes, for any reason.
 func (s *Server) onEngineClose(nc *nbio.Conn, err error) {
 	c, ok := nc.Session().(*conn)

@@ -215,6 +215,6 @@ func (f *flusher) written(c *conn, bufs [][]byte, took bool, err error) {
 	closeNow := c.closeAfterFlush
 	c.mu.Unlock()
 	if closeNow {
-		_ = c.nc.Close()
+		c.closeGracefully()
 	}
 }

@@ -493,7 +493,7 @@ func (t *tlsConn) fail(err error) {
 }
 
 // closeWithAlert sends an alert (close_notify as a warning, anything
-// else as fatal) and closes the socket.
+// else as fatal) when the record layer is ours, and closes the socket.
 func (t *tlsConn) closeWithAlert(alert byte) {
 	if r := t.rec; r != nil {
 		level := byte(2)

@@ -370,6 +370,25 @@ func (c *recordBoundedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// holdConn sends the client's first write (the ClientHello) and keeps
+// the others (its Finished), so that the test sends the Finished and the
+// first application data in one segment: the server must find the
+// record after the Finished still unread when its handshake ends.
+type holdConn struct {
+	net.Conn
+	sent bool
+	held []byte
+}
+
+func (c *holdConn) Write(b []byte) (int, error) {
+	if !c.sent {
+		c.sent = true
+		return c.Conn.Write(b)
+	}
+	c.held = append(c.held, b...)
+	return len(b), nil
+}
+
 // keyLogLines collects a client's key log.
 type keyLogLines struct {
 	mu    sync.Mutex
@@ -398,8 +417,9 @@ type recordClient struct {
 	br       *bufio.Reader
 	rx, tx   trafficKeys
 	plain    []byte
-	updates  int // KeyUpdates received
-	alert    int // the last alert received, -1 for none
+	held     []byte // the client's Finished, sent with the first record
+	updates  int    // KeyUpdates received
+	alert    int    // the last alert received, -1 for none
 }
 
 func dialRecordClient(t *testing.T, addr string, ca *testutil.CA) *recordClient {
@@ -410,12 +430,13 @@ func dialRecordClient(t *testing.T, addr string, ca *testutil.CA) *recordClient 
 	}
 	t.Cleanup(func() { raw.Close() })
 	var kl keyLogLines
-	tc := tls.Client(&recordBoundedConn{Conn: raw}, &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13, KeyLogWriter: &kl})
+	hc := &holdConn{Conn: raw}
+	tc := tls.Client(&recordBoundedConn{Conn: hc}, &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13, KeyLogWriter: &kl})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
 	suite := tc.ConnectionState().CipherSuite
-	c := &recordClient{Conn: raw, br: bufio.NewReader(raw), alert: -1}
+	c := &recordClient{Conn: raw, br: bufio.NewReader(raw), alert: -1, held: hc.held}
 	if err := c.tx.setSecret(suite, kl.lines["CLIENT_TRAFFIC_SECRET_0"]); err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +487,8 @@ func (c *recordClient) Read(b []byte) (int, error) {
 }
 
 func (c *recordClient) writeRecord(typ byte, p []byte) error {
-	out, n := c.tx.seal(nil, p, typ)
+	out, n := c.tx.seal(c.held, p, typ)
+	c.held = nil
 	c.tx.commit(n)
 	_, err := c.Conn.Write(out)
 	return err
@@ -527,6 +549,20 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 		t.Fatalf("alert %d, want close_notify", rc.alert)
 	}
 
+	// A WebSocket close: the server closes with close_notify.
+	rc = dialRecordClient(t, ts.addr, ca)
+	c = upgradeOver(t, rc, ts.addr)
+	if err := c.writeFrame(wsframe.OpClose, wsframe.AppendClose(nil, 1000, "")); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.expectClose(5 * time.Second); code != 1000 {
+		t.Fatalf("close code %d", code)
+	}
+	rc.waitEOF(t)
+	if rc.alert != alertCloseNotify {
+		t.Fatalf("alert %d after the close handshake, want close_notify", rc.alert)
+	}
+
 	// A corrupted record: bad_record_mac, closed, counted.
 	rc = dialRecordClient(t, ts.addr, ca)
 	c = upgradeOver(t, rc, ts.addr)
@@ -568,7 +604,7 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 	if n := ts.m.tlsRecordErrors["unexpected_message"].Get(); n != 1 {
 		t.Fatalf("unexpected_message counted %d times", n)
 	}
-	if n := ts.m.tlsRecordLayer[recordLayerOwn].Get(); n != 4 {
-		t.Fatalf("own record layer on %d connections, want 4", n)
+	if n := ts.m.tlsRecordLayer[recordLayerOwn].Get(); n != 5 {
+		t.Fatalf("own record layer on %d connections, want 5", n)
 	}
 }

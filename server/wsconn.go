@@ -133,7 +133,7 @@ func (c *conn) answerClose(code int) {
 		p = wsframe.AppendClose(make([]byte, 0, 2), code, "")
 	}
 	if !c.queueClose(frameFromPayload(wsframe.OpClose, p), nil, reasonCloseFrame, true) {
-		_ = c.nc.Close() // our own close frame was answered
+		c.closeGracefully() // our own close frame was answered
 	}
 }
 
