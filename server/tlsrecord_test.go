@@ -594,6 +594,20 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 		t.Fatalf("key_update_rate counted %d times", n)
 	}
 
+	// A record longer than 2^14+256 bytes: record_overflow.
+	rc = dialRecordClient(t, ts.addr, ca)
+	upgradeOver(t, rc, ts.addr)
+	if _, err := rc.Conn.Write([]byte{recordApplicationData, 3, 3, 0x41, 0x01}); err != nil {
+		t.Fatal(err)
+	}
+	rc.waitEOF(t)
+	if rc.alert != alertRecordOverflow {
+		t.Fatalf("alert %d, want record_overflow", rc.alert)
+	}
+	if n := ts.m.tlsRecordErrors["record_overflow"].Get(); n != 1 {
+		t.Fatalf("record_overflow counted %d times", n)
+	}
+
 	// Any other handshake message after the handshake is refused.
 	rc = dialRecordClient(t, ts.addr, ca)
 	upgradeOver(t, rc, ts.addr)
@@ -604,7 +618,55 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 	if n := ts.m.tlsRecordErrors["unexpected_message"].Get(); n != 1 {
 		t.Fatalf("unexpected_message counted %d times", n)
 	}
-	if n := ts.m.tlsRecordLayer[recordLayerOwn].Get(); n != 5 {
-		t.Fatalf("own record layer on %d connections, want 5", n)
+	if n := ts.m.tlsRecordLayer[recordLayerOwn].Get(); n != 6 {
+		t.Fatalf("own record layer on %d connections, want 6", n)
+	}
+}
+
+// TestTLSWatchWritten: the count of records crypto/tls sealed with the
+// server's application key during the handshake, and what makes the
+// connection keep crypto/tls instead.
+func TestTLSWatchWritten(t *testing.T) {
+	appKey, _ := testKeyPair(t, tls.TLS_AES_128_GCM_SHA256)
+	hsKey := new(trafficKeys)
+	if err := hsKey.setSecret(tls.TLS_AES_128_GCM_SHA256, bytes.Repeat([]byte{9}, 32)); err != nil {
+		t.Fatal(err)
+	}
+	seal := func(k *trafficKeys, p string) []byte {
+		out, n := k.seal(nil, []byte(p), recordHandshake)
+		k.commit(n)
+		return out
+	}
+	newWatch := func() *tlsHandshake {
+		hs := &tlsHandshake{}
+		var line bytes.Buffer
+		fmt.Fprintf(&line, "SERVER_TRAFFIC_SECRET_0 %x %x\n", make([]byte, 32), bytes.Repeat([]byte{7}, 32))
+		if _, err := (keyLog{&tlsConn{hs: hs}}).Write(line.Bytes()); err != nil || !hs.serverTrialSet {
+			t.Fatalf("key log not taken: %v", err)
+		}
+		return hs
+	}
+
+	hs := newWatch()
+	flight := append([]byte{recordHandshake, 3, 3, 0, 2, 1, 2}, seal(hsKey, "encrypted extensions")...)
+	flight = append(flight, seal(hsKey, "finished")...)
+	flight = append(flight, seal(appKey, "ticket 1")...)
+	flight = append(flight, seal(appKey, "ticket 2")...)
+	hs.watchWritten(flight)
+	if hs.outBroken || hs.serverTrial.seq != 2 {
+		t.Fatalf("broken %v, sequence %d, want 2", hs.outBroken, hs.serverTrial.seq)
+	}
+
+	hs = newWatch()
+	appKey, _ = testKeyPair(t, tls.TLS_AES_128_GCM_SHA256)
+	hs.watchWritten(append(seal(appKey, "ticket"), seal(hsKey, "late")...))
+	if !hs.outBroken {
+		t.Fatal("a record under another key after the application key was not noticed")
+	}
+	hs = newWatch()
+	rec := seal(hsKey, "split")
+	hs.watchWritten(rec[:len(rec)-1])
+	if !hs.outBroken {
+		t.Fatal("a record split across writes was not noticed")
 	}
 }
