@@ -298,6 +298,25 @@ func browserTLS(t *testing.T, wd *webDriver) {
 	}
 	resp.Body.Close()
 	testutil.Eventually(t, 5*time.Second, func() bool { return wd.text(t, "#count") == "1" }, "the message on the page")
+
+	// Chromium's connections (the page, wss) and Go's ran on the node's
+	// own TLS 1.3 record layer; none fell back to crypto/tls's.
+	resp, err = (&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}).Get("https://" + srv.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if strings.HasPrefix(line, `tether_tls_record_layer_total{mode="fallback"} `) && !strings.HasSuffix(line, " 0") ||
+			strings.HasPrefix(line, `tether_tls_record_layer_total{mode="crypto_tls"} `) && !strings.HasSuffix(line, " 0") {
+			t.Fatalf("a TLS connection did not use the own record layer: %s", line)
+		}
+	}
+	if !strings.Contains(string(metrics), `tether_tls_record_layer_total{mode="own"} `) ||
+		strings.Contains(string(metrics), `tether_tls_record_layer_total{mode="own"} 0`+"\n") {
+		t.Fatal("no TLS connection used the own record layer")
+	}
 }
 
 // readmeFirstMinute returns the two steps of the README's quick start: the
