@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -411,6 +412,37 @@ func TestTopChannels(t *testing.T) {
 			if want := all[:min(limit, n)]; !slices.Equal(got, want) {
 				t.Fatalf("%d channels, limit %d: got %v, want %v", n, limit, got, want)
 			}
+		}
+	}
+}
+
+// TestAPISubscribeConcurrent subscribes one connection to one channel
+// from many cluster commands at once (as concurrent /api/subscribe calls
+// arriving at a node do) and from the client itself: the connection ends
+// with one subscription, not one per caller that checked before another
+// linked its own (each would get every message of the channel).
+func TestAPISubscribeConcurrent(t *testing.T) {
+	ts := startServer(t, Config{JWTSecret: testSecret, APIKey: testAPIKey, ClientMsgRate: -1, MaxSubsPerConn: -1})
+	c := dialUser(t, ts.addr, "erin")
+	const rounds = 200
+	for round := range rounds {
+		channel := "race." + strconv.Itoa(round)
+		raw, _ := json.Marshal(clusterCmd{Cmd: cmdSubscribe, User: "erin", Channel: channel})
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() { ts.onControl(raw) })
+		}
+		c.send(map[string]any{"op": "subscribe", "channel": channel})
+		wg.Wait()
+	}
+	eventually(t, 5*time.Second, func() bool { return ts.m.subscriptions.Load() >= rounds }, "every subscription")
+	m := apiOK(t, "GET", ts.addr, "/api/channels?pattern=race.*", "")
+	if num(m["total"]) != rounds || ts.m.subscriptions.Load() != rounds {
+		t.Fatalf("%v channels, %d subscriptions, want %d of each", m["total"], ts.m.subscriptions.Load(), rounds)
+	}
+	for _, ch := range m["channels"].([]any) {
+		if n := num(ch.(map[string]any)["subscribers"]); n != 1 {
+			t.Fatalf("%v: %d subscriptions of one connection", ch, n)
 		}
 	}
 }

@@ -100,27 +100,18 @@ var (
 // subscribed frame (now or after recovery). It returns errAlreadySubscribed
 // or errTooManySubs without sending anything; it does nothing when c is
 // closing. The client's subscribe and the HTTP API's (api_cluster.go) call
-// it.
+// it, so two joins of one connection may run at once: the checks and the
+// links into c.subs and ch.subs happen in one critical section (shard,
+// channel, then connection lock), so that they cannot both pass.
 func (s *Server) join(c *conn, f clientFrame) *protoError {
+	// A first look without the index locks turns the common refusals away
+	// cheaply; the look under them below decides.
 	c.mu.Lock()
-	first := c.subs == nil
-	n := 0
-	for sub := c.subs; sub != nil; sub = sub.nextOfConn {
-		if sub.ch.name == f.Channel {
-			c.mu.Unlock()
-			return errAlreadySubscribed
-		}
-		n++
-	}
-	if max := s.cfg.MaxSubsPerConn; max > 0 && n >= max {
-		c.mu.Unlock()
-		return errTooManySubs
-	}
-	if c.closing || c.closed {
-		c.mu.Unlock()
-		return nil
-	}
+	perr := s.checkJoinLocked(c, f.Channel)
 	c.mu.Unlock()
+	if perr != nil {
+		return perr.orNil()
+	}
 
 	sh := s.index.shard(f.Channel)
 	sh.mu.Lock()
@@ -133,11 +124,30 @@ func (s *Server) join(c *conn, f clientFrame) *protoError {
 	}
 	sub := &subscription{c: c, ch: ch}
 	ch.mu.Lock()
+	c.mu.Lock()
+	first := c.subs == nil
+	if perr := s.checkJoinLocked(c, f.Channel); perr != nil {
+		c.mu.Unlock()
+		if created && len(ch.subs) == 0 {
+			ch.dead = true
+			delete(sh.channels, ch.name)
+			s.m.channels.Add(-1)
+			created = false
+		}
+		ch.mu.Unlock()
+		sh.mu.Unlock()
+		return perr.orNil()
+	}
+	// Linked to c and to ch under both locks: a close (onClose takes c.subs
+	// under c.mu) or an unsubscribe (takeSub, then removeSub under ch.mu)
+	// finds it in both.
+	sub.nextOfConn = c.subs
+	c.subs = sub
+	c.mu.Unlock()
 	sub.idx = int32(len(ch.subs))
 	ch.subs = append(ch.subs, sub)
 	// Counted as it joins the channel, as removeSub uncounts it as it
-	// leaves: a subscribe that finds its connection closed below removes it
-	// again.
+	// leaves.
 	s.m.subscriptions.Add(1)
 	if ch.pres != 0 {
 		s.presenceChangeLocked(c, ch, false)
@@ -162,15 +172,6 @@ func (s *Server) join(c *conn, f clientFrame) *protoError {
 		s.bus.Subscribe(f.Channel)
 	}
 
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		s.removeSub(sub)
-		return nil
-	}
-	sub.nextOfConn = c.subs
-	c.subs = sub
-	c.mu.Unlock()
 	if first && f.Since != nil {
 		s.lifetimes.resumed(time.Now().UnixNano(), c.opened)
 	}
@@ -186,6 +187,37 @@ func (s *Server) join(c *conn, f clientFrame) *protoError {
 		since = &bus.Position{Offset: f.Since.Offset, Epoch: f.Since.Epoch}
 	}
 	s.recoveries.push(recoveryJob{sub: sub, since: since, id: f.ID})
+	return nil
+}
+
+// errJoinClosing is checkJoinLocked's answer for a connection that is
+// closing: join then does nothing and reports no error.
+var errJoinClosing = errf(proto.CodeUnavailable, "closing")
+
+// orNil returns e, or nil for errJoinClosing.
+func (e *protoError) orNil() *protoError {
+	if e == errJoinClosing {
+		return nil
+	}
+	return e
+}
+
+// checkJoinLocked returns why c may not join channel now, or nil. c.mu is
+// held.
+func (s *Server) checkJoinLocked(c *conn, channel string) *protoError {
+	if c.closing || c.closed {
+		return errJoinClosing
+	}
+	n := 0
+	for sub := c.subs; sub != nil; sub = sub.nextOfConn {
+		if sub.ch.name == channel {
+			return errAlreadySubscribed
+		}
+		n++
+	}
+	if max := s.cfg.MaxSubsPerConn; max > 0 && n >= max {
+		return errTooManySubs
+	}
 	return nil
 }
 
