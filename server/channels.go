@@ -85,7 +85,7 @@ func (s *Server) subscribe(c *conn, f clientFrame) {
 		c.replyError(f.ID, errf(proto.CodeForbidden, "not allowed to subscribe to this channel"))
 		return
 	}
-	if e := s.join(c, f); e != nil {
+	if e := s.join(c, f, false); e != nil {
 		c.replyError(f.ID, e)
 	}
 }
@@ -96,18 +96,20 @@ var (
 	errTooManySubs       = errf(proto.CodeLimit, "too many subscriptions on this connection")
 )
 
-// join subscribes c to f.Channel, permission granted, and answers with a
-// subscribed frame (now or after recovery). It returns errAlreadySubscribed
-// or errTooManySubs without sending anything; it does nothing when c is
-// closing. The client's subscribe and the HTTP API's (api_cluster.go) call
+// join subscribes c to f.Channel and answers with a subscribed frame (now
+// or after recovery). With checkRead it checks c's right to read the
+// channel itself, under c.mu: a caller on another goroutine than c's read
+// path could not, since a refresh there replaces the claims. It returns
+// errAlreadySubscribed, errTooManySubs or errJoinForbidden without sending
+// anything; it does nothing when c is closing. The client's subscribe and the HTTP API's (api_cluster.go) call
 // it, so two joins of one connection may run at once: the checks and the
 // links into c.subs and ch.subs happen in one critical section (shard,
 // channel, then connection lock), so that they cannot both pass.
-func (s *Server) join(c *conn, f clientFrame) *protoError {
+func (s *Server) join(c *conn, f clientFrame, checkRead bool) *protoError {
 	// A first look without the index locks turns the common refusals away
 	// cheaply; the look under them below decides.
 	c.mu.Lock()
-	perr := s.checkJoinLocked(c, f.Channel)
+	perr := s.checkJoinLocked(c, f.Channel, checkRead)
 	c.mu.Unlock()
 	if perr != nil {
 		return perr.orNil()
@@ -126,7 +128,7 @@ func (s *Server) join(c *conn, f clientFrame) *protoError {
 	ch.mu.Lock()
 	c.mu.Lock()
 	first := c.subs == nil
-	if perr := s.checkJoinLocked(c, f.Channel); perr != nil {
+	if perr := s.checkJoinLocked(c, f.Channel, checkRead); perr != nil {
 		c.mu.Unlock()
 		if created && len(ch.subs) == 0 {
 			ch.dead = true
@@ -202,11 +204,17 @@ func (e *protoError) orNil() *protoError {
 	return e
 }
 
+// errJoinForbidden is join's refusal of a channel c's claims do not allow.
+var errJoinForbidden = errf(proto.CodeForbidden, "not allowed to subscribe to this channel")
+
 // checkJoinLocked returns why c may not join channel now, or nil. c.mu is
 // held.
-func (s *Server) checkJoinLocked(c *conn, channel string) *protoError {
+func (s *Server) checkJoinLocked(c *conn, channel string, checkRead bool) *protoError {
 	if c.closing || c.closed {
 		return errJoinClosing
+	}
+	if checkRead && !c.mayRead(channel) {
+		return errJoinForbidden
 	}
 	n := 0
 	for sub := c.subs; sub != nil; sub = sub.nextOfConn {

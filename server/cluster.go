@@ -91,14 +91,11 @@ func (s *Server) onControl(raw json.RawMessage) json.RawMessage {
 		// last.
 		forbidden := 0
 		r := s.eachUserConn(cmd.User, func(c *conn) bool {
-			c.mu.Lock() // a refresh replaces the claims under it
-			ok := c.mayRead(cmd.Channel)
-			c.mu.Unlock()
-			if !ok {
+			err := s.join(c, clientFrame{Op: proto.OpSubscribe, Channel: cmd.Channel}, true)
+			if err == errJoinForbidden {
 				forbidden++
-				return false
 			}
-			return s.join(c, clientFrame{Op: proto.OpSubscribe, Channel: cmd.Channel}) == nil
+			return err == nil
 		})
 		r.Forbidden = forbidden
 		out = r
