@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/bus"
 	"tether/internal/testutil"
 )
 
@@ -51,8 +52,8 @@ func (n *node) ask(method, path, body string) (int, clusterAnswer, time.Duration
 
 // TestClusterAPINodePaused pauses one of three tether processes with
 // SIGSTOP: every cluster-wide command still answers, after
-// --cluster-timeout, naming the paused node as missing; once it is
-// resumed, answers are whole again.
+// --cluster-timeout, naming the paused node as missing; past bus.NodeTTL
+// the node is no longer expected; once it is resumed, it answers again.
 func TestClusterAPINodePaused(t *testing.T) {
 	r := testutil.StartRedis(t)
 	const timeout = 500 * time.Millisecond
@@ -66,6 +67,7 @@ func TestClusterAPINodePaused(t *testing.T) {
 	}, "node-a's /api/info to list the 3 nodes")
 
 	c.signal(syscall.SIGSTOP, false)
+	paused := time.Now()
 	t.Cleanup(func() { c.signal(syscall.SIGCONT, false) }) // before startNode's kill
 	for _, q := range []struct{ method, path, body string }{
 		{"GET", "/api/info", ""},
@@ -93,6 +95,14 @@ func TestClusterAPINodePaused(t *testing.T) {
 	if n := a.metric(`tether_api_commands_total{command="info",outcome="partial"}`); n < 2 {
 		t.Errorf("partial info answers counted: %v, want at least 2", n)
 	}
+
+	// Silent past bus.NodeTTL, the paused node is taken as gone: answers
+	// are whole again, from the two nodes that answer, without waiting.
+	testutil.Eventually(t, bus.NodeTTL+10*time.Second, func() bool {
+		code, ans, _ := a.ask("GET", "/api/info", "")
+		return code == 200 && !ans.Partial && len(ans.Nodes) == 2
+	}, "node-c forgotten after bus.NodeTTL")
+	t.Logf("node-c no longer expected %v after the pause (bus.NodeTTL %v)", time.Since(paused).Round(100*time.Millisecond), bus.NodeTTL)
 
 	c.signal(syscall.SIGCONT, false)
 	testutil.Eventually(t, 10*time.Second, func() bool {
