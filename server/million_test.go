@@ -19,12 +19,14 @@ import (
 // TETHER_MILLION connections (1000000 for the figures in docs/BENCHMARKS.md,
 // "1M per node") without sockets, through the code the server runs for a
 // real one: initConn and addConn (the upgrade's two steps), subscribe (the
-// fast path once the channel is live), the heartbeat wheels, the flushers'
-// queues. Each connection also holds a zero nbio.Conn, the engine's share.
-// It then measures the live heap per connection, a full GC cycle at that
-// size (CPU, pauses), two ping intervals of heartbeats in simulated time
-// (every connection pinged twice and answering), and subscribe and
-// unsubscribe with the index full. Nothing is asserted: the figures are
+// fast path once the channel is live), the heartbeats' ping phases and
+// wheels, the flushers' queues. Each connection also holds a zero
+// nbio.Conn, the engine's share. It then measures the live heap per
+// connection, a full GC cycle at that size (CPU, pauses), two ping
+// intervals of heartbeats in simulated time (every connection pinged twice
+// and answering: the heartbeat loop's CPU and the flushers' share of the
+// pings, all but the socket write), and subscribe and unsubscribe with the
+// index full. Nothing is asserted: the figures are
 // logged. It is skipped unless TETHER_MILLION is set:
 //
 //	TETHER_MILLION=1000000 go test -run TestMillionConnections -v -timeout 30m ./server/
