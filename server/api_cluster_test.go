@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"tether/bus"
 	"tether/internal/proto"
 	"tether/internal/testutil"
 )
@@ -444,5 +445,51 @@ func TestAPISubscribeConcurrent(t *testing.T) {
 		if n := num(ch.(map[string]any)["subscribers"]); n != 1 {
 			t.Fatalf("%v: %d subscriptions of one connection", ch, n)
 		}
+	}
+}
+
+// TestAPIHistoryBounds reads history at its edges: a channel never
+// published to, a history shorter than the limit, and a since it no
+// longer reaches back to.
+func TestAPIHistoryBounds(t *testing.T) {
+	hcfg := bus.Config{HistorySize: 3, HistoryWindow: -1}
+	t.Run("local", func(t *testing.T) {
+		testAPIHistoryBounds(t, startServerWithBus(t, Config{NodeID: "test", APIKey: testAPIKey}, bus.NewLocal(hcfg)))
+	})
+	t.Run("redis", func(t *testing.T) {
+		checkClusterLeaks(t)
+		rcfg := redisTestConfig()
+		rcfg.URL, rcfg.Config = testutil.StartRedis(t).URL(), hcfg
+		testAPIHistoryBounds(t, startRedisNodes(t, 1, Config{APIKey: testAPIKey}, rcfg)[0])
+	})
+}
+
+func testAPIHistoryBounds(t *testing.T, ts *testServer) {
+	m := apiOK(t, "GET", ts.addr, "/api/history?channel=empty", "")
+	if num(m["offset"]) != 0 || len(m["messages"].([]any)) != 0 || m["recovered"] != true {
+		t.Fatalf("history of a channel never published to: %v", m)
+	}
+	m = apiOK(t, "GET", ts.addr, "/api/history?channel=empty&since=0", "")
+	if len(m["messages"].([]any)) != 0 || m["more"] != false {
+		t.Fatalf("history since 0 of a channel never published to: %v", m)
+	}
+	for i := range 10 {
+		keyedPublish(t, ts, "short", i)
+	}
+	m = apiOK(t, "GET", ts.addr, "/api/history?channel=short&limit=5", "")
+	if got, _ := json.Marshal(m["messages"]); string(got) != `[{"data":7,"offset":8},{"data":8,"offset":9},{"data":9,"offset":10}]` {
+		t.Fatalf("the last 5 of a history of 3: %s", got)
+	}
+	m = apiOK(t, "GET", ts.addr, "/api/history?channel=short&since=2", "")
+	if m["recovered"] != false || len(m["messages"].([]any)) != 0 || num(m["offset"]) != 10 {
+		t.Fatalf("since an offset the history lost: %v", m)
+	}
+	m = apiOK(t, "GET", ts.addr, "/api/history?channel=short&since=8&limit=1", "")
+	if got, _ := json.Marshal(m["messages"]); string(got) != `[{"data":8,"offset":9}]` || m["more"] != true {
+		t.Fatalf("since 8, limit 1: %v", m)
+	}
+	m = apiOK(t, "GET", ts.addr, "/api/history?channel=short&since=10", "")
+	if len(m["messages"].([]any)) != 0 || m["more"] != false || m["recovered"] != true {
+		t.Fatalf("since the top: %v", m)
 	}
 }
