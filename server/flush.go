@@ -202,7 +202,9 @@ func (f *flusher) written(c *conn, bufs [][]byte, took bool, err error) {
 		return
 	}
 	c.mu.Lock()
-	c.lastWrite = msClock(f.srv.clock.Load())
+	if !took || len(bufs) > 0 {
+		c.lastWrite = msClock(f.srv.clock.Load())
+	}
 	if took {
 		c.spare = bufs[:0]
 	}
