@@ -30,6 +30,11 @@ const (
 	maxChannelsLimit     = 1_000_000
 	defaultHistoryLimit  = 100
 	maxHistoryLimit      = 1000
+	// maxClusterCmds bounds the cluster-wide commands a node gathers at
+	// once: each may hold an HTTP request slot for --cluster-timeout while
+	// a node does not answer, and every node answers each with a goroutine
+	// of its control plane (at most 64 at once, bus/control.go).
+	maxClusterCmds = 32
 )
 
 // Outcomes of an API command (the outcome label of
@@ -162,8 +167,18 @@ func (s *Server) apiAnswer(w http.ResponseWriter, cmd string, b []byte, g bus.Ga
 }
 
 // gather sends cmd to every node and gathers the answers within
-// ClusterTimeout; on failure it answers 503 itself and returns false.
+// ClusterTimeout, at most maxClusterCmds at once; on failure it answers 503
+// itself and returns false.
 func (s *Server) gather(w http.ResponseWriter, r *http.Request, cmd clusterCmd) (bus.Gathered, bool) {
+	select {
+	case s.clusterCmds <- struct{}{}:
+		defer func() { <-s.clusterCmds }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		s.apiFail(w, cmd.Cmd, http.StatusServiceUnavailable, proto.CodeUnavailable,
+			"too many cluster-wide commands at once on this node, retry later")
+		return bus.Gathered{}, false
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ClusterTimeout)
 	defer cancel()
 	raw, _ := json.Marshal(cmd)

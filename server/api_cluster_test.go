@@ -493,3 +493,43 @@ func testAPIHistoryBounds(t *testing.T, ts *testServer) {
 		t.Fatalf("since the top: %v", m)
 	}
 }
+
+// TestClusterCommandsBounded registers a node that never answers (a
+// registry entry with no process behind it), so that every cluster-wide
+// command waits the whole --cluster-timeout and answers partial; of many
+// at once, those over maxClusterCmds are refused at once with 503 and
+// Retry-After instead of holding more HTTP slots.
+func TestClusterCommandsBounded(t *testing.T) {
+	checkClusterLeaks(t)
+	r := testutil.StartRedis(t)
+	rcfg := redisTestConfig()
+	rcfg.URL = r.URL()
+	cfg := clusterAPIConfig()
+	cfg.ClusterTimeout = 3 * time.Second // room for the requests below to start together on a busy machine
+	ts := startRedisNodes(t, 1, cfg, rcfg)[0]
+	ghost := func() { r.Do(t, "ZADD", "tether:{ctl}:nodes", time.Now().UnixMilli(), "ghost") }
+	ghost()
+	code, m := apiDo(t, "GET", ts.addr, "/api/info", testAPIKey, "")
+	if missing, _ := json.Marshal(m["missing"]); code != 200 || m["partial"] != true || string(missing) != `["ghost"]` {
+		t.Fatalf("info with a ghost node: %d %v", code, m)
+	}
+	ghost()
+	const n = maxClusterCmds + 16
+	codes := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { codes[i], _ = apiDo(t, "GET", ts.addr, "/api/channels", testAPIKey, "") })
+	}
+	wg.Wait()
+	count := map[int]int{}
+	for _, c := range codes {
+		count[c]++
+	}
+	t.Logf("%d cluster commands at once with a node that does not answer: %v", n, count)
+	if count[200] > maxClusterCmds || count[503] == 0 || count[200]+count[503] != n {
+		t.Fatalf("answers %v, want at most %d partial 200s and the rest 503", count, maxClusterCmds)
+	}
+	if ts.metric(t, `tether_api_commands_total{command="channels",outcome="unavailable"}`) != float64(count[503]) {
+		t.Errorf("refusals not counted")
+	}
+}

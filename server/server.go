@@ -44,6 +44,7 @@ type Server struct {
 	recoveries    recoveryQueue
 	httpSlots     chan struct{} // bounds HTTP requests answered at once (httpconn.go)
 	presenceReads chan struct{} // bounds presence reads at once (presence.go)
+	clusterCmds   chan struct{} // bounds cluster-wide commands at once (api_cluster.go)
 
 	clock    atomic.Int64 // coarse unix nanos, advanced by the heartbeat loop
 	nextID   atomic.Uint64
@@ -99,6 +100,7 @@ func New(cfg Config, b *bus.Bus, log *slog.Logger) (*Server, error) {
 		fanoutJobs:    make(chan fanoutJob, 256),
 		httpSlots:     make(chan struct{}, maxHTTPInFlight),
 		presenceReads: make(chan struct{}, maxPresenceReads),
+		clusterCmds:   make(chan struct{}, maxClusterCmds),
 		done:          make(chan struct{}),
 		allStopped:    make(chan struct{}),
 	}
