@@ -48,8 +48,8 @@ return {
 // TestBrowserAdmin loads /admin with the API key from one of three nodes
 // on a real Redis in headless Chromium: the page lists every node with its
 // connections, draws a line per node in both inline SVG charts, shows the
-// busiest channels, and follows changes without a reload. With
-// -update-screenshot it writes docs/admin.png.
+// busiest channels, follows changes without a reload, and names a node
+// that does not answer. With -update-screenshot it writes docs/admin.png.
 func TestBrowserAdmin(t *testing.T) {
 	browserTools(t)
 	testutil.CheckGoroutines(t)
@@ -156,6 +156,15 @@ func TestBrowserAdmin(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
+	// A node that does not answer (registered, with no process behind it)
+	// is named on the page, which keeps refreshing.
+	r.Do(t, "ZADD", "tether:{ctl}:nodes", time.Now().UnixMilli(), "node-ghost")
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		st = read()
+		return strings.HasPrefix(st.Status, "partial: no answer from node-ghost") && len(st.Nodes) == 4 &&
+			st.Nodes[3][0] == "node-ghost" && st.Nodes[3][1] == "no answer"
+	}, "the page to name node-ghost as not answering")
 }
 
 func minOf(v []int) int {
