@@ -36,3 +36,20 @@ func BenchmarkMergeChannelCounts(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEachUserConn finds the 2 connections of one user among 100,000
+// of 50,000 users: what a user command (/api/disconnect, /api/subscribe,
+// /api/unsubscribe) costs each node before it acts.
+func BenchmarkEachUserConn(b *testing.B) {
+	s := &Server{}
+	for i := range 100_000 {
+		c := &conn{id: uint64(i), auth: &claims{sub: "user-" + strconv.Itoa(i/2)}}
+		s.conns.add(c)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if r := s.eachUserConn("user-31337", func(*conn) bool { return true }); r.Conns != 2 {
+			b.Fatalf("%d connections found", r.Conns)
+		}
+	}
+}

@@ -201,6 +201,23 @@ func (cs *connSet) snapshot() []*conn {
 	return all
 }
 
+// filter returns the open connections match selects, without copying the
+// set: match runs with a shard's lock held, so it must not block.
+func (cs *connSet) filter(match func(*conn) bool) []*conn {
+	var out []*conn
+	for i := range cs.shards {
+		sh := &cs.shards[i]
+		sh.mu.Lock()
+		for _, c := range sh.conns {
+			if match(c) {
+				out = append(out, c)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
 func (cs *connSet) each(fn func(*conn)) {
 	for _, c := range cs.snapshot() {
 		fn(c)
