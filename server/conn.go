@@ -128,10 +128,12 @@ func (c *conn) enqueue(frame []byte) (schedule bool) {
 	return true
 }
 
-// send queues a frame and schedules the flush.
+// send queues a frame that answers the client (a reply, a pong, an
+// error, a close) and schedules the flush ahead of broadcasts
+// (flusher.pushReply).
 func (c *conn) send(frame []byte) {
 	if c.enqueue(frame) {
-		c.flusher().push(c)
+		c.flusher().pushReply(c)
 	}
 }
 

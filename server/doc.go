@@ -12,6 +12,8 @@
 // happen in a caller's goroutine: a frame is appended to the connection's
 // bounded queue and the connection is handed to one of the flusher
 // goroutines, which writes everything queued in one write (coalescing).
+// A frame that answers the client (pong, ack, error) is written ahead of
+// the broadcast batch its flusher is in (flusher.pushReply).
 // A broadcast is encoded once; the same read-only bytes are queued to every
 // subscriber.
 //

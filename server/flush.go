@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/lesismal/nbio"
 )
@@ -18,22 +19,48 @@ type flusher struct {
 	srv *Server // immutable
 	idx int     // immutable: position in Server.flushers
 
-	mu     sync.Mutex // guards queue, pings and closed
-	queue  []*conn
-	pings  []*conn // connections the heartbeats want pinged
-	closed bool
+	mu      sync.Mutex // guards queue, replies, pings and closed
+	queue   []*conn
+	replies []*conn // connections with a frame that answers the client
+	pings   []*conn // connections the heartbeats want pinged
+	closed  bool
+
+	// hasReplies is set while replies is not empty, so that a flusher deep
+	// in a broadcast's batch can see it without taking mu.
+	hasReplies atomic.Bool
 
 	wake chan struct{} // capacity 1
 
 	// owned by the flusher goroutine
-	work     []*conn
-	pingWork []*conn
-	buf      []byte
+	work      []*conn
+	replyWork []*conn
+	pingWork  []*conn
+	buf       []byte
 }
+
+// replyEvery is how many connections of a batch a flusher writes before it
+// looks for replies queued meanwhile: a pong or an ack waits for at most
+// this many writes, not for a whole broadcast's batch.
+const replyEvery = 16
 
 func (f *flusher) push(c *conn) {
 	f.mu.Lock()
 	f.queue = append(f.queue, c)
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pushReply queues c, which holds a frame that answers the client (a
+// pong, an ack, an error): it is written before the rest of the batch the
+// flusher is writing (replyEvery), so that a client's request is not
+// answered after a broadcast to every other connection of the flusher.
+func (f *flusher) pushReply(c *conn) {
+	f.mu.Lock()
+	f.replies = append(f.replies, c)
+	f.hasReplies.Store(true)
 	f.mu.Unlock()
 	select {
 	case f.wake <- struct{}{}:
@@ -73,7 +100,11 @@ func (f *flusher) run(done <-chan struct{}) {
 			f.work, f.queue = f.queue, f.work[:0]
 			f.pingWork, f.pings = f.pings, f.pingWork[:0]
 			f.mu.Unlock()
+			f.flushReplies()
 			if len(f.work) == 0 && len(f.pingWork) == 0 {
+				if f.hasReplies.Load() {
+					continue
+				}
 				break
 			}
 			for i, c := range f.pingWork {
@@ -81,6 +112,9 @@ func (f *flusher) run(done <-chan struct{}) {
 				f.pingWork[i] = nil
 			}
 			for i, c := range f.work {
+				if i%replyEvery == 0 && f.hasReplies.Load() {
+					f.flushReplies()
+				}
 				f.flush(c)
 				f.work[i] = nil
 			}
@@ -88,6 +122,21 @@ func (f *flusher) run(done <-chan struct{}) {
 		if cap(f.buf) > 4*maxCoalesce {
 			f.buf = nil
 		}
+	}
+}
+
+// flushReplies writes the connections queued by pushReply.
+func (f *flusher) flushReplies() {
+	if !f.hasReplies.Load() {
+		return
+	}
+	f.mu.Lock()
+	f.replyWork, f.replies = f.replies, f.replyWork[:0]
+	f.hasReplies.Store(false)
+	f.mu.Unlock()
+	for i, c := range f.replyWork {
+		f.flush(c)
+		f.replyWork[i] = nil
 	}
 }
 
