@@ -22,8 +22,14 @@ const windowIdle = time.Minute
 // Invariant (redisChannel.mu held): q holds consecutive offsets in
 // redisChannel.epoch and, when not empty, the last one is redisChannel.last.
 // Whatever moves last or epoch without delivering a message calls reset.
-// It is trimmed like the history in Redis (Config), by the time the node
-// received each message.
+// It keeps the messages younger than Config.HistoryWindow (by the time the
+// node received each one), not HistorySize more: a storm recovers from the
+// last moments, and a since older than the window is answered from Redis,
+// which keeps both. So a node's windows hold about (message rate ×
+// HistoryWindow) per channel, not HistorySize × channels: at 1,000 quiet
+// channels that is a few messages each, not 100 (the ten-minute soak's
+// nodes grew by ~3 MiB as windows filled towards 100). With the history by
+// count only (HistoryWindow < 0) a window is trimmed by count like it.
 type window struct {
 	recording bool      // delivered messages are appended to q
 	q         msgQueue  // see the invariant
@@ -47,8 +53,16 @@ func (w *window) drop() {
 // record appends the message the channel just delivered.
 func (w *window) record(m Message, r retention) {
 	if w.recording {
-		w.q.push(m, time.Now().UnixNano(), r)
+		w.q.push(m, time.Now().UnixNano(), r.recent())
 	}
+}
+
+// recent is the retention of a window: the time part of r when r has one.
+func (r retention) recent() retention {
+	if r.window > 0 {
+		r.size = 0
+	}
+	return r
 }
 
 // fill joins what a full read found (full: every message Redis held, ending
@@ -71,7 +85,7 @@ func (w *window) fill(full History, last Position, r retention) {
 	}
 	msgs := make([]Message, 0, len(keep)+len(w.q.msgs))
 	msgs = append(append(msgs, keep...), w.q.msgs...)
-	w.q.replace(msgs, time.Now().UnixNano(), r)
+	w.q.replace(msgs, time.Now().UnixNano(), r.recent())
 }
 
 // serveLocked answers History for since from the node's own state, and

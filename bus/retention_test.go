@@ -141,3 +141,27 @@ func TestRedisHistoryWindow(t *testing.T) {
 		t.Fatalf("history over the cap holds %d messages, want 10 (HistorySize) and at most a step more", kept)
 	}
 }
+
+// TestWindowRetention checks what a node's recovery window keeps against
+// the history: at 10 messages/s with a history of 100 messages and 1 s,
+// the history keeps 100, the window the 10 of the last second; with the
+// history by count only, the window keeps the count too.
+func TestWindowRetention(t *testing.T) {
+	f := func(r retention, want int) {
+		t.Helper()
+		var q msgQueue
+		now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+		for i := range 300 {
+			now += int64(100 * time.Millisecond)
+			q.push(Message{Offset: uint64(i + 1), Data: []byte("x")}, now, r)
+		}
+		if len(q.msgs) != want || q.msgs[len(q.msgs)-1].Offset != 300 {
+			t.Fatalf("%+v: kept %d messages ending at %d, want %d ending at 300", r, len(q.msgs), q.msgs[len(q.msgs)-1].Offset, want)
+		}
+	}
+	history := retention{size: 100, window: time.Second, maxBytes: 1 << 20}
+	f(history, 100)
+	f(history.recent(), 10)
+	byCount := retention{size: 100}
+	f(byCount.recent(), 100)
+}
