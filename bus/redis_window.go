@@ -26,10 +26,9 @@ const windowIdle = time.Minute
 // node received each one), not HistorySize more: a storm recovers from the
 // last moments, and a since older than the window is answered from Redis,
 // which keeps both. So a node's windows hold about (message rate ×
-// HistoryWindow) per channel, not HistorySize × channels: at 1,000 quiet
-// channels that is a few messages each, not 100 (the ten-minute soak's
-// nodes grew by ~3 MiB as windows filled towards 100). With the history by
-// count only (HistoryWindow < 0) a window is trimmed by count like it.
+// HistoryWindow) per recovering channel, not HistorySize: at 1,000 quiet
+// channels that is a few messages each, not 100. With the history by count
+// only (HistoryWindow < 0) a window is trimmed by count like it.
 type window struct {
 	recording bool      // delivered messages are appended to q
 	q         msgQueue  // see the invariant
