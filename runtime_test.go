@@ -71,7 +71,7 @@ func TestReleaseMemory(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		rtmetrics.Read(free)
-		if free[0].Value.Uint64() < releaseMinFree {
+		if free[0].Value.Uint64() < 16<<20 { // a quarter of the peak: other tests allocate too
 			break
 		}
 		if time.Now().After(deadline) {
