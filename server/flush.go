@@ -19,11 +19,10 @@ type flusher struct {
 	srv *Server // immutable
 	idx int     // immutable: position in Server.flushers
 
-	mu      sync.Mutex // guards queue, replies, pings and closed
+	mu      sync.Mutex // guards queue, replies and pings
 	queue   []*conn
 	replies []*conn // connections with a frame that answers the client
 	pings   []*conn // connections the heartbeats want pinged
-	closed  bool
 
 	// hasReplies is set while replies is not empty, so that a flusher deep
 	// in a broadcast's batch can see it without taking mu.
@@ -47,6 +46,11 @@ func (f *flusher) push(c *conn) {
 	f.mu.Lock()
 	f.queue = append(f.queue, c)
 	f.mu.Unlock()
+	f.signal()
+}
+
+// signal wakes the flusher goroutine if it waits.
+func (f *flusher) signal() {
 	select {
 	case f.wake <- struct{}{}:
 	default:
@@ -62,10 +66,7 @@ func (f *flusher) pushReply(c *conn) {
 	f.replies = append(f.replies, c)
 	f.hasReplies.Store(true)
 	f.mu.Unlock()
-	select {
-	case f.wake <- struct{}{}:
-	default:
-	}
+	f.signal()
 }
 
 // pushAll queues a batch of connections with one lock round.
@@ -82,10 +83,7 @@ func (f *flusher) pushBatch(list *[]*conn, cs []*conn) {
 	f.mu.Lock()
 	*list = append(*list, cs...)
 	f.mu.Unlock()
-	select {
-	case f.wake <- struct{}{}:
-	default:
-	}
+	f.signal()
 }
 
 func (f *flusher) run(done <-chan struct{}) {
