@@ -212,12 +212,7 @@ func run(args []string, stderr io.Writer) int {
 
 	set := metrics.NewSet()
 	o.cfg.Metrics = set
-	if o.runtime.memoryRelease == 0 {
-		o.runtime.memoryRelease = 30 * time.Second
-	}
-	if o.runtime.memoryRelease > 0 {
-		go releaseMemory(o.runtime.memoryRelease, set, log, ctx.Done())
-	}
+	o.runtime.startRelease(set, log, ctx.Done())
 	o.cfg.StaticFS = staticFS()
 	b, err := newBus(ctx, o, log, set)
 	if err != nil {

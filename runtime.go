@@ -57,6 +57,18 @@ type runtimeOptions struct {
 // releaseMinFree is the least free memory worth a forced collection.
 const releaseMinFree = 1 << 20
 
+// startRelease runs the --memory-release policy (0: every 30 s; negative:
+// never) on a goroutine of its own until done is closed.
+func (r *runtimeOptions) startRelease(set *vm.Set, log *slog.Logger, done <-chan struct{}) {
+	every := r.memoryRelease
+	if every == 0 {
+		every = 30 * time.Second
+	}
+	if every > 0 {
+		go releaseMemory(every, set, log, done)
+	}
+}
+
 // releaseMemory runs the --memory-release policy until done is closed.
 func releaseMemory(every time.Duration, set *vm.Set, log *slog.Logger, done <-chan struct{}) {
 	released := set.GetOrCreateCounter("tether_memory_released_bytes_total")
