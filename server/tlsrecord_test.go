@@ -563,6 +563,19 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 		t.Fatalf("alert %d after the close handshake, want close_notify", rc.alert)
 	}
 
+	// refused waits for the server to close rc and checks the alert it
+	// sent (unless wantAlert is -1) and that reason was counted once.
+	refused := func(rc *recordClient, wantAlert int, reason string) {
+		t.Helper()
+		rc.waitEOF(t)
+		if wantAlert >= 0 && rc.alert != wantAlert {
+			t.Fatalf("alert %d, want %s", rc.alert, reason)
+		}
+		if n := ts.m.tlsRecordErrors[reason].Get(); n != 1 {
+			t.Fatalf("%s counted %d times", reason, n)
+		}
+	}
+
 	// A corrupted record: bad_record_mac, closed, counted.
 	rc = dialRecordClient(t, ts.addr, ca)
 	c = upgradeOver(t, rc, ts.addr)
@@ -572,13 +585,7 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 	if _, err := rc.Conn.Write(out); err != nil {
 		t.Fatal(err)
 	}
-	rc.waitEOF(t)
-	if rc.alert != alertBadRecordMAC {
-		t.Fatalf("alert %d, want bad_record_mac", rc.alert)
-	}
-	if n := ts.m.tlsRecordErrors["bad_record_mac"].Get(); n != 1 {
-		t.Fatalf("bad_record_mac counted %d times", n)
-	}
+	refused(rc, alertBadRecordMAC, "bad_record_mac")
 
 	// KeyUpdates cost the message rate: a flood is cut.
 	rc = dialRecordClient(t, ts.addr, ca)
@@ -589,10 +596,7 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 		}
 		_ = rc.tx.update()
 	}
-	rc.waitEOF(t)
-	if n := ts.m.tlsRecordErrors["key_update_rate"].Get(); n != 1 {
-		t.Fatalf("key_update_rate counted %d times", n)
-	}
+	refused(rc, -1, "key_update_rate")
 
 	// A record longer than 2^14+256 bytes: record_overflow.
 	rc = dialRecordClient(t, ts.addr, ca)
@@ -600,13 +604,7 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 	if _, err := rc.Conn.Write([]byte{recordApplicationData, 3, 3, 0x41, 0x01}); err != nil {
 		t.Fatal(err)
 	}
-	rc.waitEOF(t)
-	if rc.alert != alertRecordOverflow {
-		t.Fatalf("alert %d, want record_overflow", rc.alert)
-	}
-	if n := ts.m.tlsRecordErrors["record_overflow"].Get(); n != 1 {
-		t.Fatalf("record_overflow counted %d times", n)
-	}
+	refused(rc, alertRecordOverflow, "record_overflow")
 
 	// Any other handshake message after the handshake is refused.
 	rc = dialRecordClient(t, ts.addr, ca)
@@ -614,10 +612,7 @@ func TestTLSRecordLayerKeyUpdateAndAlerts(t *testing.T) {
 	if err := rc.writeRecord(recordHandshake, []byte{20, 0, 0, 1, 0}); err != nil {
 		t.Fatal(err)
 	}
-	rc.waitEOF(t)
-	if n := ts.m.tlsRecordErrors["unexpected_message"].Get(); n != 1 {
-		t.Fatalf("unexpected_message counted %d times", n)
-	}
+	refused(rc, -1, "unexpected_message")
 	if n := ts.m.tlsRecordLayer[recordLayerOwn].Get(); n != 6 {
 		t.Fatalf("own record layer on %d connections, want 6", n)
 	}
