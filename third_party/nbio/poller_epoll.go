@@ -51,6 +51,10 @@ type poller struct {
 	epfd  int // epoll fd
 	evtfd int // event fd for trigger
 
+	// tether patch 7: a TCP listener's own copy of its descriptor, or -1
+	// (accept_linux.go); epfd and evtfd then belong to its accept loop.
+	acceptFd int
+
 	index int // poller index in engine
 
 	pollType string // listener or io poller
@@ -174,10 +178,9 @@ func (p *poller) start() {
 		p.acceptorLoop()
 	} else {
 		defer func() {
-			_ = syscall.Close(p.epfd)
 			_ = syscall.Close(p.evtfd)
 		}()
-		p.readWriteLoop()
+		p.readWriteLoop() // closes p.epfd (tether patch 8)
 	}
 }
 
@@ -191,6 +194,13 @@ func (p *poller) acceptorLoop() {
 	// tether patch 3: shutdown is not reset here. It starts false; a Stop
 	// that ran before this goroutine did has set it, and resetting it would
 	// make this loop run forever (docs/nbio-patches.md).
+	// tether patch 7: a TCP listener's sockets are accepted with accept4
+	// (accept_linux.go).
+	if p.acceptFd >= 0 {
+		p.acceptTCP()
+		return
+	}
+
 	for !p.shutdown {
 		conn, err := p.listener.Accept()
 		if err == nil {
@@ -256,8 +266,17 @@ func (p *poller) readWriteLoop() {
 	// make this loop run forever (docs/nbio-patches.md).
 	isOneshot := g.isOneshot
 	asyncReadEnabled := g.AsyncReadInPoller && (g.EpollMod == EPOLLET)
+	// tether patch 8: wait in the runtime's poller (netpoll_linux.go).
+	wait, closeEpfd := p.netpollWaiter()
+	defer closeEpfd()
 	for !p.shutdown {
-		n, err := syscall.EpollWait(p.epfd, events, msec)
+		var n int
+		var err error
+		if wait != nil {
+			n, err = wait(events)
+		} else {
+			n, err = syscall.EpollWait(p.epfd, events, msec)
+		}
 		if err != nil && !errors.Is(err, syscall.EINTR) {
 			logging.Error("NBIO[%v][%v_%v] EpollWait failed: %v, exit...",
 				p.g.Name,
@@ -331,7 +350,18 @@ func (p *poller) readWriteLoop() {
 					}
 
 					if ev.Events&epollEventsError != 0 {
-						_ = c.closeWithError(socketError(fd))
+						// tether patch 5, and patch 7's count of
+						// system calls: the pending error is asked
+						// for only when there is one (EPOLLERR), and
+						// not for a conn the read above closed.
+						if c.closed {
+							continue
+						}
+						err := error(io.EOF)
+						if ev.Events&syscall.EPOLLERR != 0 {
+							err = socketError(fd)
+						}
+						_ = c.closeWithError(err)
 						continue
 					}
 				}
@@ -360,6 +390,12 @@ func (p *poller) stop() {
 		_ = p.listener.Close()
 		if p.unixSockAddr != "" {
 			_ = os.Remove(p.unixSockAddr)
+		}
+		if p.acceptFd >= 0 {
+			// tether patch 7: wake acceptTCP, which closes its copy
+			// of the listener's descriptor and returns.
+			n := uint64(1)
+			_, _ = syscall.Write(p.evtfd, (*(*[8]byte)(unsafe.Pointer(&n)))[:])
 		}
 	} else {
 		n := uint64(1)
@@ -506,6 +542,10 @@ func newPoller(g *Engine, isListener bool, index int) (*poller, error) {
 		}
 		if g.Network == "unix" {
 			p.unixSockAddr = addr
+		}
+		p.acceptFd = -1
+		if tl, ok := ln.(*net.TCPListener); ok {
+			p.setupAccept(tl) // tether patch 7
 		}
 
 		return p, nil

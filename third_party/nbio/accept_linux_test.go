@@ -1,0 +1,115 @@
+package nbio
+
+import (
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// openFds returns how many descriptors the process holds.
+func openFds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	return len(ents)
+}
+
+// TestAcceptTCP checks tether patches 7 and 8 together: a TCP listener's
+// sockets are accepted with accept4 (the listener poller has its own copy
+// of the descriptor), their remote address reads as the dialer's local
+// one, TCP_NODELAY is on, data flows through pollers that wait in the
+// runtime's poller, under GOMAXPROCS 1 as well; and Stop returns, closes
+// the listening socket (a dial is refused) and leaves no descriptor open.
+func TestAcceptTCP(t *testing.T) {
+	for _, procs := range []int{1, runtime.GOMAXPROCS(0)} {
+		prev := runtime.GOMAXPROCS(procs)
+		fds := openFds(t)
+		g := NewEngine(Config{Network: "tcp", Addrs: []string{"127.0.0.1:0"}, NPoller: 2})
+		var mu sync.Mutex
+		remotes := map[string]bool{}
+		nodelay := 0
+		g.OnOpen(func(c *Conn) {
+			mu.Lock()
+			remotes[c.RemoteAddr().String()] = true
+			mu.Unlock()
+			if v, err := getsockoptInt(c.fd); err == nil && v != 0 {
+				mu.Lock()
+				nodelay++
+				mu.Unlock()
+			}
+		})
+		g.OnData(func(c *Conn, data []byte) { _, _ = c.Write(data) }) // echo
+		if err := g.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if g.listeners[0].acceptFd < 0 {
+			t.Fatal("the TCP listener did not get its accept4 loop")
+		}
+		addr := g.listeners[0].listener.Addr().String()
+		const n = 50
+		var clients []net.Conn
+		for i := 0; i < n; i++ {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients = append(clients, c)
+		}
+		for i, c := range clients {
+			msg := []byte{byte(i), 'x', 'y'}
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(msg))
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+				t.Fatalf("GOMAXPROCS %d: echo %q, %v", procs, got, err)
+			}
+		}
+		mu.Lock()
+		for _, c := range clients {
+			if !remotes[c.LocalAddr().String()] {
+				t.Errorf("GOMAXPROCS %d: no conn with RemoteAddr %v (have %d)", procs, c.LocalAddr(), len(remotes))
+			}
+		}
+		if nodelay != n {
+			t.Errorf("GOMAXPROCS %d: TCP_NODELAY on %d of %d conns", procs, nodelay, n)
+		}
+		mu.Unlock()
+		stopped := make(chan struct{})
+		go func() { g.Stop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("GOMAXPROCS %d: Stop did not return", procs)
+		}
+		for _, c := range clients {
+			_ = c.Close()
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Fatalf("GOMAXPROCS %d: the listening socket still accepts after Stop", procs)
+		}
+		// The pollers' and the acceptor's descriptors close as their
+		// goroutines return, just after Stop.
+		deadline := time.Now().Add(5 * time.Second)
+		for openFds(t) > fds && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if now := openFds(t); now > fds {
+			t.Errorf("GOMAXPROCS %d: %d descriptors open after Stop, %d before Start", procs, now, fds)
+		}
+		runtime.GOMAXPROCS(prev)
+	}
+}
+
+// getsockoptInt returns fd's TCP_NODELAY.
+func getsockoptInt(fd int) (int, error) {
+	return syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY)
+}
