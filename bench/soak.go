@@ -205,7 +205,7 @@ func (r *soakRun) sample() {
 		if rd.OK && n.cmd != nil && n.cmd.Process != nil {
 			rd.FDs = float64(openFDs(n.cmd.Process.Pid)) // tether's /metrics has no process_open_fds
 		}
-		s.Nodes = append(s.Nodes, SoakNode{OK: rd.OK, RSS: rd.RSS, Heap: rd.Heap, Goroutines: rd.Goroutines, FDs: rd.FDs, Conns: rd.Conns})
+		s.Nodes = append(s.Nodes, SoakNode{OK: rd.OK, RSS: rd.RSS, Anon: rd.Anon, Heap: rd.Heap, HeapAlloc: rd.HeapAlloc, Goroutines: rd.Goroutines, FDs: rd.FDs, Conns: rd.Conns})
 		if rd.OK {
 			r.noteCounters(i, rd.Disconnects)
 		}

@@ -221,6 +221,8 @@ type nodeReading struct {
 	OK         bool
 	RSS        float64 // process_resident_memory_bytes
 	Heap       float64 // go_memstats_heap_inuse_bytes
+	Anon       float64 // process_resident_memory_anon_bytes: RSS less the binary's mapped pages
+	HeapAlloc  float64 // go_memstats_heap_alloc_bytes: objects, live and not yet collected
 	Goroutines float64 // go_goroutines
 	FDs        float64 // process_open_fds
 	Conns      float64 // tether_connections
@@ -238,6 +240,10 @@ func readNode(client *http.Client, api, apiKey string) nodeReading {
 				r.RSS, r.OK = v, true
 			case name == "go_memstats_heap_inuse_bytes":
 				r.Heap = v
+			case name == "process_resident_memory_anon_bytes":
+				r.Anon = v
+			case name == "go_memstats_heap_alloc_bytes":
+				r.HeapAlloc = v
 			case name == "go_goroutines":
 				r.Goroutines = v
 			case name == "process_open_fds":

@@ -66,8 +66,11 @@ type SoakResult struct {
 
 	// Reference is the sample at 20 % of the run (minute 2 of 10), End the
 	// last; the ratios compare their sums over nodes.
-	ReferenceT      float64 `json:"reference_t_s"`
-	RSSRatio        float64 `json:"rss_ratio"`
+	ReferenceT float64 `json:"reference_t_s"`
+	RSSRatio   float64 `json:"rss_ratio"`
+	// AnonRatio is RSSRatio for anonymous memory alone: what the node
+	// allocated, without the binary's pages (reported, not a gate).
+	AnonRatio       float64 `json:"rss_anon_ratio"`
 	GoroutinesRatio float64 `json:"goroutines_ratio"`
 	FDsRatio        float64 `json:"fds_ratio"`
 
@@ -88,7 +91,9 @@ type SoakSample struct {
 type SoakNode struct {
 	OK         bool    `json:"ok"`
 	RSS        float64 `json:"rss_bytes"`
+	Anon       float64 `json:"rss_anon_bytes"` // RSS less file-backed pages (the binary's text)
 	Heap       float64 `json:"heap_inuse_bytes"`
+	HeapAlloc  float64 `json:"heap_alloc_bytes"` // heap objects; Heap − HeapAlloc is free space in spans in use
 	Goroutines float64 `json:"goroutines"`
 	FDs        float64 `json:"fds"`
 	Conns      float64 `json:"conns"`
@@ -145,6 +150,7 @@ func (r *soakRun) judge(ss soakStats, nAcked, up int, final connStats) {
 		}
 		ratio := func(f func(SoakNode) float64) float64 { return sum(end, f) / math.Max(sum(ref, f), 1) }
 		sr.RSSRatio = ratio(func(n SoakNode) float64 { return n.RSS })
+		sr.AnonRatio = ratio(func(n SoakNode) float64 { return n.Anon })
 		sr.GoroutinesRatio = ratio(func(n SoakNode) float64 { return n.Goroutines })
 		sr.FDsRatio = ratio(func(n SoakNode) float64 { return n.FDs })
 		if sr.RSSRatio > 1+r.so.rssTolerance {
@@ -221,7 +227,7 @@ func writeSoakRows(w io.Writer, s *SoakResult) {
 		s.Recovered+s.NotRecovered, s.Recovered, s.NotRecovered, s.Resyncs, s.LossOutsideWindow, s.Excused, s.ExcusedConns)
 	row("disconnects", "nodes:%s; bench saw:%s", fmtFloatReasons(s.Disconnects), fmtUintReasons(s.ClientDrops))
 	row("attempts", "%d connection attempts; failed:%s; frames:%s", s.Attempts, fmtReasons(s.FailedAttempts), fmtUintReasons(s.Frames))
-	row("flat", "at %.0f s → end: RSS ×%.3f, goroutines ×%.3f, fds ×%.3f (sums over nodes)", s.ReferenceT, s.RSSRatio, s.GoroutinesRatio, s.FDsRatio)
+	row("flat", "at %.0f s → end: RSS ×%.3f (anonymous ×%.3f), goroutines ×%.3f, fds ×%.3f (sums over nodes)", s.ReferenceT, s.RSSRatio, s.AnonRatio, s.GoroutinesRatio, s.FDsRatio)
 	for _, e := range s.Events {
 		row("", "%6.1f s  %s", e.T, e.What)
 	}
@@ -283,8 +289,12 @@ func writeSoakHTML(b io.Writer, s *SoakResult) {
 	}
 	ys, names := perNode(func(n SoakNode) float64 { return n.RSS })
 	plot("RSS per node (MiB)", ys, names, 1<<20, "MiB")
+	ys, names = perNode(func(n SoakNode) float64 { return n.Anon })
+	plot("Anonymous RSS per node (MiB): RSS less the binary's pages", ys, names, 1<<20, "MiB")
 	ys, names = perNode(func(n SoakNode) float64 { return n.Heap })
 	plot("Heap in use per node (MiB)", ys, names, 1<<20, "MiB")
+	ys, names = perNode(func(n SoakNode) float64 { return n.Heap - n.HeapAlloc })
+	plot("Free space in the heap's spans in use per node (MiB): heap in use − objects", ys, names, 1<<20, "MiB")
 	ys, names = perNode(func(n SoakNode) float64 { return n.Goroutines })
 	plot("Goroutines per node", ys, names, 1, "")
 	ys, names = perNode(func(n SoakNode) float64 { return n.FDs })
