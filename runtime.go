@@ -45,6 +45,8 @@ import (
 // 1 MiB), returns them with debug.FreeOSMemory: that memory was not used
 // for a whole period, so returning it costs nothing but the collection
 // FreeOSMemory forces (one GC cycle, concurrent with the node's work).
+// On a node that collected during the period only the free pages beyond
+// what the heap grows into before its goal count (releasePeriod).
 
 // runtimeOptions are the flags of this file.
 type runtimeOptions struct {
@@ -76,35 +78,95 @@ func releaseMemory(every time.Duration, set *vm.Set, log *slog.Logger, done <-ch
 	const checks = 12
 	t := time.NewTicker(every / checks)
 	defer t.Stop()
-	samples := []metrics.Sample{
-		{Name: "/memory/classes/heap/free:bytes"},
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/heap/unused:bytes"},
-	}
-	minFree, n := uint64(math.MaxUint64), 0
+	var p releasePeriod
+	p.reset(readHeap())
 	for {
 		select {
 		case <-done:
 			return
 		case <-t.C:
 		}
-		metrics.Read(samples)
-		free := samples[0].Value.Uint64()
-		inUse := samples[1].Value.Uint64() + samples[2].Value.Uint64()
-		minFree = min(minFree, free)
-		if n++; n < checks {
+		h := readHeap()
+		p.add(h)
+		if p.n < checks {
 			continue
 		}
-		if minFree > releaseMinFree && minFree > inUse/8 {
+		if p.release(h) {
 			debug.FreeOSMemory()
-			metrics.Read(samples)
-			back := free - min(free, samples[0].Value.Uint64())
+			back := h.free - min(h.free, readHeap().free)
 			released.Add(int(back))
 			releases.Inc()
-			log.Debug("returned unused heap memory to the kernel", "bytes", back, "heap_in_use", inUse)
+			log.Debug("returned unused heap memory to the kernel", "bytes", back, "heap_in_use", h.inUse)
 		}
-		minFree, n = math.MaxUint64, 0
+		p.reset(readHeap())
 	}
+}
+
+// heapReading is what the --memory-release policy reads of the heap.
+type heapReading struct {
+	free   uint64 // free pages not yet returned to the kernel
+	inUse  uint64 // pages of spans in use: objects and the free space in their spans
+	goal   uint64 // the heap size at which the next collection ends
+	cycles uint64 // collections completed so far
+}
+
+func readHeap() heapReading {
+	s := []metrics.Sample{
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/gc/heap/goal:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"},
+	}
+	metrics.Read(s)
+	return heapReading{
+		free:   s[0].Value.Uint64(),
+		inUse:  s[1].Value.Uint64() + s[2].Value.Uint64(),
+		goal:   s[3].Value.Uint64(),
+		cycles: s[4].Value.Uint64(),
+	}
+}
+
+// releasePeriod is one --memory-release period's readings.
+//
+// A node that is idle after a peak does not collect (at most every two
+// minutes), so its goal stays where the peak left it and the runtime keeps
+// the free pages up to it for a growth that does not come: the policy
+// returns them when they stayed free for the whole period. A busy node
+// collects often and grows into its free pages between collections; it
+// gets back, page by page, what a release returned, so releasing there
+// only makes RSS saw up and down. When a collection completed during the
+// period, the policy counts as spare only the free pages beyond what the
+// heap needs to reach its goal, and returns them when they stayed over an
+// eighth of the goal all period (after a peak, once the goal has fallen).
+type releasePeriod struct {
+	n         int
+	cycles    uint64 // collections completed when the period began
+	minFree   uint64
+	minExcess int64 // free pages beyond the goal's growth
+}
+
+func (p *releasePeriod) reset(h heapReading) {
+	*p = releasePeriod{cycles: h.cycles, minFree: math.MaxUint64, minExcess: math.MaxInt64}
+}
+
+func (p *releasePeriod) add(h heapReading) {
+	p.n++
+	p.minFree = min(p.minFree, h.free)
+	growth := int64(h.goal) - int64(h.inUse)
+	p.minExcess = min(p.minExcess, int64(h.free)-max(0, growth))
+}
+
+// release reports whether the period's free pages are to be returned; h
+// is its last reading.
+func (p *releasePeriod) release(h heapReading) bool {
+	if p.minFree <= releaseMinFree || p.minFree <= h.inUse/8 {
+		return false
+	}
+	if h.cycles == p.cycles {
+		return true // idle: no collection, the free pages were not used
+	}
+	return p.minExcess > int64(h.goal/8)
 }
 
 // byteSize is a flag value in bytes with an optional unit suffix: KiB,

@@ -81,3 +81,51 @@ func TestReleaseMemory(t *testing.T) {
 	}
 	t.Logf("the policy returned %d bytes", released.Get())
 }
+
+// TestReleasePeriod checks the --memory-release decision: an idle node
+// returns free pages that stayed free all period; a busy node (it
+// collected meanwhile) returns only pages beyond what its heap grows into
+// before the goal, so that a steady heap does not saw RSS up and down.
+func TestReleasePeriod(t *testing.T) {
+	const mib = 1 << 20
+	cases := []struct {
+		name     string
+		readings []heapReading // the period's readings; the first opens it
+		want     bool
+	}{
+		{"idle after a peak", []heapReading{
+			{free: 9 * mib, inUse: 11 * mib, goal: 30 * mib, cycles: 4},
+			{free: 9 * mib, inUse: 11 * mib, goal: 30 * mib, cycles: 4},
+			{free: 8 * mib, inUse: 11 * mib, goal: 30 * mib, cycles: 4},
+		}, true},
+		{"idle, little free", []heapReading{
+			{free: 1 * mib, inUse: 11 * mib, goal: 22 * mib, cycles: 4},
+			{free: 1 * mib, inUse: 11 * mib, goal: 22 * mib, cycles: 4},
+		}, false},
+		{"busy and steady: free pages are the heap's growth to its goal", []heapReading{
+			{free: 8 * mib, inUse: 12 * mib, goal: 20 * mib, cycles: 4},
+			{free: 4 * mib, inUse: 16 * mib, goal: 20 * mib, cycles: 4},
+			{free: 10 * mib, inUse: 11 * mib, goal: 20 * mib, cycles: 5},
+			{free: 9 * mib, inUse: 13 * mib, goal: 20 * mib, cycles: 5},
+		}, false},
+		{"busy after a peak: the goal fell under the pages held", []heapReading{
+			{free: 9 * mib, inUse: 14 * mib, goal: 18 * mib, cycles: 7},
+			{free: 8 * mib, inUse: 15 * mib, goal: 18 * mib, cycles: 8},
+			{free: 9 * mib, inUse: 14 * mib, goal: 18 * mib, cycles: 9},
+		}, true},
+		{"busy, a free minimum under an eighth of the heap in use", []heapReading{
+			{free: 9 * mib, inUse: 14 * mib, goal: 18 * mib, cycles: 7},
+			{free: 1 * mib, inUse: 14 * mib, goal: 14 * mib, cycles: 8},
+		}, false},
+	}
+	for _, tc := range cases {
+		var p releasePeriod
+		p.reset(tc.readings[0])
+		for _, h := range tc.readings[1:] {
+			p.add(h)
+		}
+		if got := p.release(tc.readings[len(tc.readings)-1]); got != tc.want {
+			t.Errorf("%s: release = %v, want %v (%+v)", tc.name, got, tc.want, p)
+		}
+	}
+}
