@@ -136,6 +136,12 @@ func TestMillionConnections(t *testing.T) {
 	}
 	h1 := readSim()
 	pings := s.m.socketWrites.Get() - writes0 // settleFlushers counts each flush as one write
+	// Every connection is pinged once per interval; fewer means the
+	// simulation's flusher step no longer matches the flushers (as when
+	// it skipped the reply lane and every conn stayed queued).
+	if want := uint64(2 * n); pings < want {
+		t.Errorf("%d pings over two intervals for %d connections, want at least %d", pings, n, want)
+	}
 	t.Logf("heartbeats over %v simulated (%d ticks of %v): %d pings, %.1f ms in the heartbeat loop = %.3f%% of one core (%.0f ns per ping); one pass over every connection (one interval) %.1f ms; longest tick %.2f ms",
 		span, ticks, h.tick, pings, float64(inWheel.Microseconds())/1e3, 100*inWheel.Seconds()/span.Seconds(), float64(inWheel.Nanoseconds())/float64(pings),
 		float64(inWheel.Microseconds())/1e3/2, float64(longest.Microseconds())/1e3)
