@@ -191,9 +191,6 @@ func (p *poller) acceptorLoop() {
 		defer runtime.UnlockOSThread()
 	}
 
-	// tether patch 3: shutdown is not reset here. It starts false; a Stop
-	// that ran before this goroutine did has set it, and resetting it would
-	// make this loop run forever (docs/nbio-patches.md).
 	// tether patch 7: a TCP listener's sockets are accepted with accept4
 	// (accept_linux.go).
 	if p.acceptFd >= 0 {
@@ -201,6 +198,9 @@ func (p *poller) acceptorLoop() {
 		return
 	}
 
+	// tether patch 3: shutdown is not reset here. It starts false; a Stop
+	// that ran before this goroutine did has set it, and resetting it would
+	// make this loop run forever (docs/nbio-patches.md).
 	for !p.shutdown {
 		conn, err := p.listener.Accept()
 		if err == nil {
@@ -391,13 +391,11 @@ func (p *poller) stop() {
 		if p.unixSockAddr != "" {
 			_ = os.Remove(p.unixSockAddr)
 		}
-		if p.acceptFd >= 0 {
-			// tether patch 7: wake acceptTCP, which closes its copy
-			// of the listener's descriptor and returns.
-			n := uint64(1)
-			_, _ = syscall.Write(p.evtfd, (*(*[8]byte)(unsafe.Pointer(&n)))[:])
-		}
-	} else {
+	}
+	// The event loops wait on evtfd: an I/O poller's, and (tether patch
+	// 7) acceptTCP, which then closes its copy of the listener's
+	// descriptor and returns.
+	if p.listener == nil || p.acceptFd >= 0 {
 		n := uint64(1)
 		_, _ = syscall.Write(p.evtfd, (*(*[8]byte)(unsafe.Pointer(&n)))[:])
 	}
