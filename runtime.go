@@ -93,12 +93,14 @@ func releaseMemory(every time.Duration, set *vm.Set, log *slog.Logger, done <-ch
 		}
 		if p.release(h) {
 			debug.FreeOSMemory()
-			back := h.free - min(h.free, readHeap().free)
+			after := readHeap()
+			back := h.free - min(h.free, after.free)
 			released.Add(int(back))
 			releases.Inc()
 			log.Debug("returned unused heap memory to the kernel", "bytes", back, "heap_in_use", h.inUse)
+			h = after // the next period starts after the collection it forced
 		}
-		p.reset(readHeap())
+		p.reset(h)
 	}
 }
 

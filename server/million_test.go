@@ -200,16 +200,24 @@ func (s *Server) runRecoveries() {
 // lastSeen moves to pong. It returns the CPU time of the pings' share.
 func (s *Server) settleFlushers(pong int64) (pingCPU time.Duration) {
 	for _, f := range s.flushers {
+		// take moves the queue and the reply lane (pushReply) to dst, as
+		// the flusher takes them; written may hand a connection back.
+		take := func(dst []*conn) []*conn {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			dst = append(append(dst, f.queue...), f.replies...)
+			clear(f.queue)
+			clear(f.replies)
+			f.queue, f.replies = f.queue[:0], f.replies[:0]
+			f.hasReplies.Store(false)
+			return dst
+		}
 		f.mu.Lock()
-		queue, pings := f.queue, f.pings
-		f.queue, f.pings = f.work[:0], f.pingWork[:0]
-		// Replies (pushReply) are written like the rest of the queue.
-		queue = append(queue, f.replies...)
-		clear(f.replies)
-		f.replies = f.replies[:0]
-		f.hasReplies.Store(false)
+		pings := f.pings
+		f.pings = f.pingWork[:0]
 		f.mu.Unlock()
-		f.work, f.pingWork = queue, pings
+		f.pingWork = pings
+		queue := take(f.work[:0])
 		t0 := threadCPU()
 		for _, c := range pings {
 			if c.takePing() {
@@ -235,13 +243,7 @@ func (s *Server) settleFlushers(pong int64) (pingCPU time.Duration) {
 			clear(queue)
 			// written hands back a connection that was queued more
 			// meanwhile (a ping joined its frames).
-			f.mu.Lock()
-			queue = append(append(queue[:0], f.queue...), f.replies...)
-			clear(f.queue)
-			clear(f.replies)
-			f.queue, f.replies = f.queue[:0], f.replies[:0]
-			f.hasReplies.Store(false)
-			f.mu.Unlock()
+			queue = take(queue[:0])
 		}
 		f.work = queue[:0]
 	}
