@@ -25,9 +25,11 @@ import (
 // and close) and adds the dup to its own poller: eight system calls and a
 // net.TCPConn with its netFD, pollDesc and two addresses per connection,
 // of which nbio keeps the descriptor. Here the socket is accepted
-// non-blocking with accept4, TCP_NODELAY is set as Go sets it, and it
-// goes to nbio's poller: three system calls and one allocation (the
-// Conn). Go's TCP keep-alive, which a net.ListenConfig may ask for, is not
+// non-blocking with accept4 and goes to nbio's poller: two system calls
+// and one allocation (the Conn). TCP_NODELAY, which Go sets on every
+// accepted socket, is set once on the listening socket: Linux copies it to
+// the sockets accepted from it. The first accepted socket is asked whether
+// it has it; if a kernel did not copy it, it is set on each one as Go does. Go's TCP keep-alive, which a net.ListenConfig may ask for, is not
 // set here; tether turns it off (KeepAlive: -1).
 //
 // A listener's RawConn cannot wait for readability (its Read is
@@ -70,7 +72,36 @@ func (p *poller) setupAccept(ln *net.TCPListener) {
 			return
 		}
 	}
+	if syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1) != nil {
+		p.nodelay = nodelayEach
+	}
 	p.acceptFd, p.epfd, p.evtfd = fd, epfd, evtfd
+}
+
+// How an accept loop gives its sockets TCP_NODELAY (poller.nodelay).
+const (
+	nodelayUnknown   = iota // set on the listener; not yet seen on an accepted socket
+	nodelayInherited        // accepted sockets have it from the listener
+	nodelayEach             // set on each accepted socket
+)
+
+// setNodelay gives the accepted socket fd TCP_NODELAY, asking the first
+// one whether it inherited it from the listener. Only the accept loop
+// calls it.
+//
+//go:norace
+func (p *poller) setNodelay(fd int) {
+	switch p.nodelay {
+	case nodelayInherited:
+		return
+	case nodelayUnknown:
+		if v, err := syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY); err == nil && v != 0 {
+			p.nodelay = nodelayInherited
+			return
+		}
+		p.nodelay = nodelayEach
+	}
+	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
 }
 
 // dupCloexec returns a close-on-exec duplicate of fd.
@@ -131,7 +162,7 @@ func (p *poller) acceptTCP() {
 //
 //go:norace
 func (p *poller) addAccepted(fd int, sa syscall.Sockaddr) {
-	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	p.setNodelay(fd)
 	c := &Conn{fd: fd, typ: ConnTypeTCP}
 	switch a := sa.(type) {
 	case *syscall.SockaddrInet4:

@@ -113,3 +113,52 @@ func TestAcceptTCP(t *testing.T) {
 func getsockoptInt(fd int) (int, error) {
 	return syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY)
 }
+
+// TestSetNodelay checks both ways patch 7 gives an accepted socket
+// TCP_NODELAY: inherited from a listener that has it (the first socket is
+// asked, later ones are not touched), or set on each socket when the
+// listener's is off (as on a kernel that would not copy it).
+func TestSetNodelay(t *testing.T) {
+	for _, onListener := range []bool{true, false} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, _ := ln.(*net.TCPListener).SyscallConn()
+		if onListener {
+			_ = rc.Control(func(fd uintptr) {
+				err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := &poller{}
+		want := nodelayEach
+		if onListener {
+			want = nodelayInherited // Linux copies it
+		}
+		for i := 0; i < 3; i++ {
+			d, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fd int
+			_ = rc.Control(func(lfd uintptr) { fd, _, err = syscall.Accept4(int(lfd), syscall.SOCK_CLOEXEC) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := getsockoptInt(fd); v == 0 && onListener {
+				t.Logf("this kernel does not copy TCP_NODELAY to accepted sockets")
+				want = nodelayEach
+			}
+			p.setNodelay(fd)
+			if v, _ := getsockoptInt(fd); v == 0 || p.nodelay != want {
+				t.Errorf("listener has it: %v; conn %d: TCP_NODELAY %d, mode %d, want on and mode %d", onListener, i, v, p.nodelay, want)
+			}
+			_ = syscall.Close(fd)
+			_ = d.Close()
+		}
+		_ = ln.Close()
+	}
+}

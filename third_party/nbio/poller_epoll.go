@@ -54,6 +54,7 @@ type poller struct {
 	// tether patch 7: a TCP listener's own copy of its descriptor, or -1
 	// (accept_linux.go); epfd and evtfd then belong to its accept loop.
 	acceptFd int
+	nodelay  int // tether patch 7: how accepted sockets get TCP_NODELAY (accept_linux.go)
 
 	index int // poller index in engine
 
