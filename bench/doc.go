@@ -52,6 +52,9 @@
 //	| soak: a pool's churn, since, acknowledged accounting  | soakpool.go    |
 //	| soak: its result, checks, rows and plots              | soakreport.go  |
 //	| source-port binding, open-file limit, CPU usage       | sys_linux.go   |
+//	| measuring sticks (commands of their own, not tether): |                |
+//	| the kernel's floor for one connect                    | floor/         |
+//	| time the scheduler takes a spinning thread off a CPU  | hiccup/        |
 //
 // The WebSocket framing is internal/wsframe's and the protocol vocabulary
 // internal/proto's; the bench owns neither.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"tether/bus"
+	"tether/internal/wsframe"
 )
 
 // TestFanoutAllocatesNothingPerDelivery checks that a broadcast costs the
@@ -71,5 +72,32 @@ func TestLifetimeObserveAllocatesNothing(t *testing.T) {
 	})
 	if a > 0 {
 		t.Fatalf("%.2f allocations per two closes", a)
+	}
+}
+
+// TestUpgradeRequestAllocs bounds what reading an upgrade request costs:
+// the head's one copy and its field slice, nothing per header field, and
+// nothing for the handshake checks, the token or the accept key. (It was
+// a map, a slice per field and a canonical key per mixed-case name.)
+func TestUpgradeRequestAllocs(t *testing.T) {
+	req := []byte("GET /ws?v=1&token=a.b.c HTTP/1.1\r\nHost: tether.example:8080\r\nUser-Agent: bench\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+		"Sec-WebSocket-Version: 13\r\nOrigin: https://tether.example:8080\r\nAuthorization: Bearer x.y.z\r\n\r\n")
+	var out [64]byte
+	allocs := testing.AllocsPerRun(200, func() {
+		head, n, err := parseRequestHead(req, 16<<10)
+		if err != nil || n != len(req) {
+			t.Fatalf("n=%d err=%v", n, err)
+		}
+		if status, msg, _ := checkHandshake(&head); status != 0 {
+			t.Fatal(msg)
+		}
+		key, _ := head.only("Sec-WebSocket-Key")
+		if tokenFromHead(&head) != "a.b.c" || head.get("origin") == "" || len(wsframe.AppendAcceptKey(out[:0], key)) != wsframe.AcceptKeyLen {
+			t.Fatal("head misread")
+		}
+	})
+	if allocs > 2 {
+		t.Fatalf("%.1f allocations per upgrade request, want at most 2", allocs)
 	}
 }

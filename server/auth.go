@@ -90,19 +90,56 @@ func parseToken(secret []byte, token string, now time.Time) (*claims, error) {
 	}, nil
 }
 
-// tokenFromRequest returns the token from the query (token=) or the
+// tokenFromHead returns the token from the query (token=) or the
 // Authorization header. When both carry one, the query's wins: browsers
 // cannot set headers on a WebSocket, so the query is the one the client
 // chose for this connection (docs/protocol.md).
-func tokenFromRequest(r *http.Request) string {
-	if t := r.URL.Query().Get("token"); t != "" {
-		return t
+func tokenFromHead(head *requestHead) string {
+	if _, query, ok := strings.Cut(head.target, "?"); ok {
+		if t := queryGet(query, "token"); t != "" {
+			return t
+		}
 	}
-	return bearer(r)
+	return bearerValue(head.get("Authorization"))
 }
 
-func bearer(r *http.Request) string {
-	h := r.Header.Get("Authorization")
+// queryGet returns the first value of key in query as url.Values.Get
+// would after url.ParseQuery: pairs split at '&', keys and values
+// unescaped, a pair holding ';' or a bad escape skipped. It allocates only
+// for an escaped key or value.
+func queryGet(query, key string) string {
+	for query != "" {
+		var pair string
+		pair, query, _ = strings.Cut(query, "&")
+		if pair == "" || strings.Contains(pair, ";") {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if strings.ContainsAny(k, "%+") {
+			var err error
+			if k, err = url.QueryUnescape(k); err != nil {
+				continue
+			}
+		}
+		if k != key {
+			continue
+		}
+		if strings.ContainsAny(v, "%+") {
+			var err error
+			if v, err = url.QueryUnescape(v); err != nil {
+				continue
+			}
+		}
+		return v
+	}
+	return ""
+}
+
+func bearer(r *http.Request) string { return bearerValue(r.Header.Get("Authorization")) }
+
+// bearerValue returns the credentials of an Authorization value of the
+// Bearer scheme, or "".
+func bearerValue(h string) string {
 	const prefix = "Bearer "
 	if len(h) > len(prefix) && strings.EqualFold(h[:len(prefix)], prefix) {
 		return strings.TrimSpace(h[len(prefix):])
@@ -168,9 +205,9 @@ func globMatch(pattern, s string) bool {
 	return p == len(pattern)
 }
 
-// checkOrigin applies cfg.AllowedOrigins to an upgrade request.
-func (s *Server) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
+// checkOrigin applies cfg.AllowedOrigins to an upgrade request's Origin
+// ("" when it sent none) and Host.
+func (s *Server) checkOrigin(origin, host string) bool {
 	if origin == "" {
 		return true
 	}
@@ -183,7 +220,7 @@ func (s *Server) checkOrigin(r *http.Request) bool {
 		return false
 	}
 	u, err := url.Parse(origin)
-	return err == nil && strings.EqualFold(u.Host, r.Host)
+	return err == nil && strings.EqualFold(u.Host, host)
 }
 
 // apiAllowed checks the HTTP API's credentials: the API key when one is

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -216,9 +217,25 @@ func TestUpgradeTokenQueryWins(t *testing.T) {
 	exp := time.Now().Add(time.Hour).Unix()
 	good := makeJWT(testSecret, "HS256", map[string]any{"sub": "u", "exp": exp})
 	bad := makeJWT([]byte("other"), "HS256", map[string]any{"sub": "u", "exp": exp})
-	r, _ := http.NewRequest("GET", "/ws?token="+good, nil)
-	r.Header.Set("Authorization", "Bearer "+bad)
-	if got := tokenFromRequest(r); got != good {
+	head, _, err := parseRequestHead([]byte("GET /ws?token="+good+" HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+bad+"\r\n\r\n"), 16<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tokenFromHead(&head); got != good {
 		t.Fatalf("token = %q, want the query's", got)
 	}
+}
+
+// FuzzQueryGet checks queryGet against net/url: the token an upgrade
+// reads from its query is the one url.Values.Get would read.
+func FuzzQueryGet(f *testing.F) {
+	for _, q := range []string{"token=a.b.c", "x=1&token=t%2Bu&token=2", "tok%65n=v", "token=a;b&token=c", "token=%zz&token=ok", "token&token=", "+token=1&token+=2", "token=a+b"} {
+		f.Add(q)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		want, _ := url.ParseQuery(q)
+		if got := queryGet(q, "token"); got != want.Get("token") {
+			t.Fatalf("queryGet(%q) = %q, net/url reads %q", q, got, want.Get("token"))
+		}
+	})
 }

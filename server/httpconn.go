@@ -196,7 +196,7 @@ func (h *httpConn) request(head *requestHead, body []byte) *http.Request {
 		Proto:      "HTTP/1." + strconv.Itoa(head.minor),
 		ProtoMajor: 1,
 		ProtoMinor: head.minor,
-		Header:     head.header,
+		Header:     head.httpHeader(),
 		Host:       head.host,
 		RemoteAddr: h.c.nc.RemoteAddr().String(),
 		RequestURI: head.target,

@@ -12,14 +12,95 @@ import (
 // share one copy of the head's bytes, never the caller's buffer.
 type requestHead struct {
 	method string
-	target string // origin-form: "/path" or "/path?query"
-	minor  int    // HTTP/1.minor: 0 or 1
-	header http.Header
+	target string        // origin-form: "/path" or "/path?query"
+	minor  int           // HTTP/1.minor: 0 or 1
+	fields []headerField // in the order received, names as sent
 
 	host          string
 	contentLength int64 // -1 when absent
 	close         bool  // the connection ends after this request's response
 	upgrade       bool  // Connection lists "upgrade"
+}
+
+// headerField is one header field line: its name as the client sent it
+// and its value without surrounding white space.
+type headerField struct{ name, value string }
+
+// get returns the value of the first field named name (compared without
+// regard to case, as field names are), or "".
+func (h *requestHead) get(name string) string {
+	for _, f := range h.fields {
+		if asciiEqualFold(f.name, name) {
+			return f.value
+		}
+	}
+	return ""
+}
+
+// only returns the value of the one field named name, and false when
+// there are none or several.
+func (h *requestHead) only(name string) (string, bool) {
+	v, n := "", 0
+	for _, f := range h.fields {
+		if asciiEqualFold(f.name, name) {
+			v, n = f.value, n+1
+		}
+	}
+	return v, n == 1
+}
+
+// lists reports whether the comma-separated values of the fields named
+// name list token (case-insensitive), as Connection and Upgrade do.
+func (h *requestHead) lists(name, token string) bool {
+	for _, f := range h.fields {
+		if !asciiEqualFold(f.name, name) {
+			continue
+		}
+		for v := f.value; v != ""; {
+			var opt string
+			opt, v, _ = strings.Cut(v, ",")
+			if asciiEqualFold(strings.Trim(opt, " \t"), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// httpHeader returns the fields as an http.Header (canonical keys), for
+// the HTTP API's handlers. The upgrade path reads fields directly: a map
+// and a slice per field would be most of what an upgrade allocates.
+func (h *requestHead) httpHeader() http.Header {
+	hdr := make(http.Header, len(h.fields))
+	for _, f := range h.fields {
+		k := textproto.CanonicalMIMEHeaderKey(f.name)
+		hdr[k] = append(hdr[k], f.value)
+	}
+	return hdr
+}
+
+// asciiEqualFold is strings.EqualFold for the ASCII names of header
+// fields and tokens: no Unicode folding (a "K" KELVIN SIGN is not a k).
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if x == y {
+			continue
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // headError is a request head refused by parseRequestHead: the status to
@@ -125,7 +206,7 @@ func parseRequestHead(b []byte, max int) (requestHead, int, error) {
 		return h, 0, err
 	}
 	h.contentLength = -1
-	h.header = make(http.Header, 8)
+	h.fields = make([]headerField, 0, min(maxHeaderFields, strings.Count(rest, "\r\n")+1))
 	hosts := 0
 	for fields := 0; rest != ""; fields++ {
 		if fields == maxHeaderFields {
@@ -147,9 +228,8 @@ func parseRequestHead(b []byte, max int) (requestHead, int, error) {
 				return h, 0, badRequest(rejectHeaderSyntax, "control character in a header value")
 			}
 		}
-		key := textproto.CanonicalMIMEHeaderKey(name)
-		switch key {
-		case "Content-Length":
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
 			if h.contentLength >= 0 {
 				return h, 0, badRequest(rejectContentLength, "more than one Content-Length")
 			}
@@ -157,17 +237,17 @@ func parseRequestHead(b []byte, max int) (requestHead, int, error) {
 				return h, 0, badRequest(rejectContentLength, "Content-Length is not a number")
 			}
 			h.contentLength, _ = strconv.ParseInt(value, 10, 64)
-		case "Transfer-Encoding":
+		case asciiEqualFold(name, "Transfer-Encoding"):
 			return h, 0, badRequest(rejectTransferEncoding, "Transfer-Encoding is not supported: send a Content-Length")
-		case "Host":
+		case asciiEqualFold(name, "Host"):
 			hosts++
 			h.host = value
 		}
-		h.header[key] = append(h.header[key], value)
+		h.fields = append(h.fields, headerField{name, value})
 	}
-	h.upgrade = headerList(h.header, "Connection", "upgrade")
-	h.close = headerList(h.header, "Connection", "close") ||
-		(h.minor == 0 && !headerList(h.header, "Connection", "keep-alive"))
+	h.upgrade = h.lists("Connection", "upgrade")
+	h.close = h.lists("Connection", "close") ||
+		(h.minor == 0 && !h.lists("Connection", "keep-alive"))
 	if hosts > 1 || (hosts == 0 && h.minor == 1) || !validHost(h.host) {
 		return h, 0, badRequest(rejectHost, "HTTP/1.1 needs exactly one valid Host header")
 	}
@@ -274,17 +354,4 @@ func validHost(host string) bool {
 		}
 	}
 	return true
-}
-
-// headerList reports whether the comma-separated header values of key in
-// hdr list token (case-insensitive), as Connection and Upgrade do.
-func headerList(hdr http.Header, key, token string) bool {
-	for _, v := range hdr[key] {
-		for _, opt := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.Trim(opt, " \t"), token) {
-				return true
-			}
-		}
-	}
-	return false
 }

@@ -40,12 +40,12 @@ func TestParseRequestHead(t *testing.T) {
 		if h.method != "GET" || h.target != "/ws?token=a.b.c" || h.path() != "/ws" || h.minor != 1 || h.host != "example.com:8080" {
 			t.Fatalf("bad head %+v", h)
 		}
-		if !h.upgrade || h.close || h.contentLength != -1 || h.header.Get("Upgrade") != "websocket" {
+		if !h.upgrade || h.close || h.contentLength != -1 || h.get("upgrade") != "websocket" {
 			t.Fatalf("bad head %+v", h)
 		}
 	})
 	ok("\r\n\r\nPOST /api/publish HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\nX-Note:  spaced \t\r\n\r\n", func(h requestHead) {
-		if h.contentLength != 12 || h.header.Get("X-Note") != "spaced" || h.close {
+		if h.contentLength != 12 || h.get("X-Note") != "spaced" || h.close {
 			t.Fatalf("bad head %+v", h)
 		}
 	})
@@ -116,10 +116,16 @@ func TestParseRequestHead(t *testing.T) {
 	refused("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, rejectHost)
 }
 
-func TestHeaderList(t *testing.T) {
-	h := http.Header{"Connection": {"keep-alive", " Upgrade ,x"}}
-	if !headerList(h, "Connection", "upgrade") || headerList(h, "Connection", "close") || headerList(h, "Upgrade", "websocket") {
-		t.Fatal("headerList")
+func TestHeaderLists(t *testing.T) {
+	h := requestHead{fields: []headerField{{"connection", "keep-alive"}, {"Connection", " Upgrade ,x"}, {"X-K", "\u212a"}}}
+	if !h.lists("Connection", "upgrade") || h.lists("Connection", "close") || h.lists("Upgrade", "websocket") || h.lists("Connection", "") {
+		t.Fatal("lists")
+	}
+	if v, one := h.only("CONNECTION"); one || v != " Upgrade ,x" {
+		t.Fatalf("only = %q %v, want two fields", v, one)
+	}
+	if h.get("x-k") != "\u212a" || h.get("x-\u212a") != "" {
+		t.Fatal("get: names compare in ASCII only")
 	}
 }
 
@@ -159,7 +165,7 @@ func FuzzParseRequestHead(f *testing.F) {
 		if h.contentLength >= 0 && req.ContentLength != h.contentLength {
 			t.Fatalf("%q: Content-Length %d vs %d", b[:n], req.ContentLength, h.contentLength)
 		}
-		for k, vs := range h.header {
+		for k, vs := range h.httpHeader() {
 			if k == "Host" {
 				continue // net/http moves it to req.Host
 			}

@@ -264,10 +264,26 @@ func appendReconnect(dst []byte, afterMS int64) []byte {
 	return append(dst, '}')
 }
 
-// textFrame builds a text frame from a payload appender.
+// textFrame builds a text frame from a payload appender in one allocation
+// (two when the payload outgrows textFrameRoom): the payload is appended
+// after room for the longest header, as in messageFrame. (A stack scratch
+// buffer would not stay on the stack: it is passed to a func value.)
 func textFrame(build func([]byte) []byte) []byte {
-	var scratch [256]byte
-	return frameFromPayload(wsframe.OpText, build(scratch[:0]))
+	return headerInFront(build(make([]byte, maxServerHeader, maxServerHeader+textFrameRoom)))
+}
+
+// textFrameRoom is the payload room textFrame allocates: enough for every
+// reply but those with long channel names, ids or epochs.
+const textFrameRoom = 192
+
+// headerInFront completes a text frame whose payload buf holds after
+// maxServerHeader bytes of room: it writes the header just in front of the
+// payload and returns the frame.
+func headerInFront(buf []byte) []byte {
+	p := int64(len(buf) - maxServerHeader)
+	start := maxServerHeader - wsframe.HeaderLen(p, false)
+	wsframe.AppendHeader(buf[start:start], wsframe.Header{Fin: true, Opcode: wsframe.OpText, Length: p})
+	return buf[start:]
 }
 
 // messageFrame encodes m as one WebSocket frame in a single allocation:
@@ -276,11 +292,7 @@ func textFrame(build func([]byte) []byte) []byte {
 func messageFrame(m bus.Message) []byte {
 	n := len(`{"op":"message","channel":,"offset":,"data":}`) + len(m.Channel) + 2 + 20 + len(m.Data)
 	buf := make([]byte, maxServerHeader, maxServerHeader+n+8)
-	buf = appendMessage(buf, m.Channel, m.Offset, m.Data)
-	p := int64(len(buf) - maxServerHeader)
-	start := maxServerHeader - wsframe.HeaderLen(p, false)
-	wsframe.AppendHeader(buf[start:start], wsframe.Header{Fin: true, Opcode: wsframe.OpText, Length: p})
-	return buf[start:]
+	return headerInFront(appendMessage(buf, m.Channel, m.Offset, m.Data))
 }
 
 // Pre-encoded frames shared by all connections.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
-	"time"
 
 	"tether/bus"
 	"tether/internal/proto"
@@ -186,9 +185,10 @@ func (s *Server) recoveryWorker() {
 // missed messages and the messages held back meanwhile are queued under
 // ch.mu, so nothing is lost or duplicated across the switch.
 func (s *Server) recover(sub *subscription, since *bus.Position, id json.RawMessage) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	h, err := s.bus.History(ctx, sub.ch.name, since)
-	cancel()
+	// No deadline of its own: the bus bounds each read it makes (Redis:
+	// its command timeout, 2 s), and a context per subscribe would be a
+	// timer and three objects on the connect path.
+	h, err := s.bus.History(context.Background(), sub.ch.name, since)
 	c, ch := sub.c, sub.ch
 	if err != nil {
 		s.log.Debug("cannot read history", "channel", ch.name, "err", err)

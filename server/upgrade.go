@@ -38,15 +38,14 @@ func (h *httpConn) upgrade(head *requestHead, rest []byte) {
 		h.refuseBusy("the node is draining: reconnect to another node")
 		return
 	}
-	r := h.request(head, nil)
-	if !s.checkOrigin(r) {
+	if !s.checkOrigin(head.get("Origin"), head.host) {
 		s.m.reject("origin")
 		h.refuse(http.StatusForbidden, proto.CodeForbidden, "origin not allowed")
 		return
 	}
 	var auth *claims
 	if len(s.cfg.JWTSecret) > 0 {
-		tok := tokenFromRequest(r)
+		tok := tokenFromHead(head)
 		if tok == "" {
 			s.m.reject("unauthorized")
 			h.refuse(http.StatusUnauthorized, proto.CodeUnauthorized, "a token is required")
@@ -79,7 +78,8 @@ func (h *httpConn) upgrade(head *requestHead, rest []byte) {
 			"this user has "+strconv.Itoa(s.cfg.MaxConnsPerUser)+" connections open on this node already (--max-conns-per-user)")
 		return
 	}
-	h.accept(head.header.Get("Sec-Websocket-Key"), auth, rest)
+	key, _ := head.only("Sec-WebSocket-Key")
+	h.accept(key, auth, rest)
 }
 
 // accept completes the upgrade: the 101 answer and the welcome frame in
@@ -90,14 +90,14 @@ func (h *httpConn) accept(key string, auth *claims, rest []byte) {
 	s, c := h.c.srv, h.c
 	s.initConn(c, auth)
 
-	var b []byte
-	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
-	b = wsframe.AppendAcceptKey(b, []byte(key))
+	const head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+	var welcome [256]byte
+	payload := appendWelcome(welcome[:0], s.cfg.NodeID, c.connID(), s.cfg.PingInterval.Milliseconds())
+	b := make([]byte, 0, len(head)+wsframe.AcceptKeyLen+4+maxServerHeader+len(payload))
+	b = append(b, head...)
+	b = wsframe.AppendAcceptKey(b, key)
 	b = append(b, "\r\n\r\n"...)
-	connID := c.connID()
-	b = append(b, textFrame(func(p []byte) []byte {
-		return appendWelcome(p, s.cfg.NodeID, connID, s.cfg.PingInterval.Milliseconds())
-	})...)
+	b = wsframe.AppendFrame(b, wsframe.OpText, true, payload)
 	if _, err := c.write(b); err != nil {
 		s.m.conns.Add(-1)
 		if s.countsUser(c) {
@@ -126,21 +126,25 @@ func checkHandshake(head *requestHead) (int, string, []string) {
 		return http.StatusMethodNotAllowed, "the WebSocket endpoint takes GET upgrade requests", []string{"Allow", "GET"}
 	case head.minor != 1:
 		return http.StatusBadRequest, "a WebSocket upgrade needs HTTP/1.1", nil
-	case !headerList(head.header, "Upgrade", "websocket"):
+	case !head.lists("Upgrade", "websocket"):
 		return http.StatusUpgradeRequired, "this endpoint speaks WebSocket only: send Upgrade: websocket", []string{"Upgrade", "websocket"}
 	case !head.upgrade:
 		return http.StatusBadRequest, "Connection must list upgrade", nil
 	case head.contentLength > 0:
 		return http.StatusBadRequest, "an upgrade request has no body", nil
 	}
-	if v := head.header["Sec-Websocket-Version"]; len(v) != 1 || v[0] != "13" {
+	if v, one := head.only("Sec-WebSocket-Version"); !one || v != "13" {
 		return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13", []string{"Sec-WebSocket-Version", "13"}
 	}
-	keys := head.header["Sec-Websocket-Key"]
-	if len(keys) != 1 {
+	key, one := head.only("Sec-WebSocket-Key")
+	if !one {
 		return http.StatusBadRequest, "exactly one Sec-WebSocket-Key is required", nil
 	}
-	if k, err := base64.StdEncoding.DecodeString(keys[0]); err != nil || len(k) != 16 {
+	var k [18]byte // 24 base64 characters decode to at most 18 bytes
+	if len(key) != 24 {
+		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64", nil
+	}
+	if n, err := base64.StdEncoding.Decode(k[:], []byte(key)); err != nil || n != 16 {
 		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64", nil
 	}
 	return 0, "", nil

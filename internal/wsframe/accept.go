@@ -17,20 +17,16 @@ const AcceptKeyLen = 28
 // check key; a server checks that it decodes to 16 bytes.
 func AcceptKey(key string) string {
 	var b [AcceptKeyLen]byte
-	return string(appendAccept(b[:0], key))
+	return string(AppendAcceptKey(b[:0], key))
 }
 
 // AppendAcceptKey appends AcceptKey(key) to dst without allocating when dst
 // has room.
-func AppendAcceptKey(dst, key []byte) []byte {
-	return appendAccept(dst, key)
-}
-
-func appendAccept[S string | []byte](dst []byte, key S) []byte {
-	h := sha1.New()
-	h.Write([]byte(key))
-	h.Write([]byte(acceptGUID))
-	var sum [sha1.Size]byte
-	h.Sum(sum[:0])
+func AppendAcceptKey[S string | []byte](dst []byte, key S) []byte {
+	// A valid key is 24 bytes: key and GUID fit the stack buffer, and
+	// sha1.Sum allocates nothing (a sha1.New digest would escape).
+	var b [64]byte
+	in := append(append(b[:0:len(b)], key...), acceptGUID...)
+	sum := sha1.Sum(in)
 	return base64.StdEncoding.AppendEncode(dst, sum[:])
 }
