@@ -41,3 +41,6 @@ echo "test.sh: the nbio copy's patch tests (third_party/nbio is its own module)"
 
 echo "test.sh: allocation tests (without -race)"
 go test -count=1 -run 'Alloc' ./...
+
+echo "test.sh: the 1M simulation's checks at 20,000 connections (pings sent, nothing allocated while idle)"
+TETHER_MILLION=20000 go test -count=1 -run 'TestMillionConnections' ./server/

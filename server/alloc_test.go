@@ -101,3 +101,15 @@ func TestUpgradeRequestAllocs(t *testing.T) {
 		t.Fatalf("%.1f allocations per upgrade request, want at most 2", allocs)
 	}
 }
+
+// TestClientPongAllocatesNothing checks that a client's answer to a ping,
+// which every connection sends every ping interval, is handled without a
+// decode or an allocation.
+func TestClientPongAllocatesNothing(t *testing.T) {
+	ts := startServer(t, Config{PingInterval: time.Hour})
+	c := &conn{srv: ts.Server}
+	pong := []byte(pongJSON)
+	if allocs := testing.AllocsPerRun(1000, func() { _ = c.wsMessage(wsframe.OpText, pong) }); allocs != 0 {
+		t.Fatalf("%.1f allocations per pong, want 0", allocs)
+	}
+}

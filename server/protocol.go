@@ -295,10 +295,14 @@ func messageFrame(m bus.Message) []byte {
 	return headerInFront(appendMessage(buf, m.Channel, m.Offset, m.Data))
 }
 
+// pongJSON is a pong as tether's clients (client/, client/js, bench) and
+// the server spell it. wsMessage recognises it byte for byte.
+const pongJSON = `{"op":"pong"}`
+
 // Pre-encoded frames shared by all connections.
 var (
 	pingFrame = frameFromPayload(wsframe.OpText, []byte(`{"op":"ping"}`))
-	pongFrame = frameFromPayload(wsframe.OpText, []byte(`{"op":"pong"}`))
+	pongFrame = frameFromPayload(wsframe.OpText, []byte(pongJSON))
 )
 
 // isJSONValue reports whether b is one valid JSON value.

@@ -86,6 +86,14 @@ func (c *conn) wsMessage(op wsframe.Opcode, msg []byte) error {
 		c.dropMsg = false
 		return nil
 	}
+	// Every connection answers every ping, and every client spells the
+	// answer the same way: compared byte for byte, a pong costs no lock
+	// and no JSON decode (630 ns and 6 allocations; at 1M connections,
+	// 40,000 a second). It does nothing, closing or not; any other
+	// spelling is decoded by onText, with the same outcome.
+	if op == wsframe.OpText && string(msg) == pongJSON {
+		return nil
+	}
 	if c.isClosing() {
 		return nil // after our close frame nothing the peer sends matters
 	}
