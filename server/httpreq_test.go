@@ -3,10 +3,13 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+
+	"tether/internal/wsframe"
 )
 
 func TestParseRequestHead(t *testing.T) {
@@ -172,6 +175,40 @@ func FuzzParseRequestHead(f *testing.F) {
 			if !slices.Equal(req.Header[k], vs) {
 				t.Fatalf("%q: %s is %q for net/http, %q for tether", b[:n], k, req.Header[k], vs)
 			}
+		}
+	})
+}
+
+// FuzzCheckHandshake checks the opening-handshake rules on any head the
+// parser accepts: no panic, a refusal always has a 4xx status and a
+// message, and an accepted handshake is a GET over HTTP/1.1 with one
+// Sec-WebSocket-Key of 16 bytes in base64 and version 13, whose accept key
+// is the 28 bytes RFC 6455 gives.
+func FuzzCheckHandshake(f *testing.F) {
+	f.Add([]byte("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+	f.Add([]byte("GET /ws HTTP/1.1\r\nHost: a\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"))
+	f.Add([]byte("POST /ws HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"))
+	f.Add([]byte("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\r\nSec-WebSocket-Version: 8\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		head, n, err := parseRequestHead(b, 16<<10)
+		if err != nil || n == 0 {
+			return
+		}
+		status, msg, hdr := checkHandshake(&head)
+		if status != 0 {
+			if status < 400 || status > 499 || msg == "" || len(hdr)%2 != 0 {
+				t.Fatalf("refusal %d %q %q", status, msg, hdr)
+			}
+			return
+		}
+		key, one := head.only("Sec-WebSocket-Key")
+		raw, kerr := base64.StdEncoding.DecodeString(key)
+		v, _ := head.only("Sec-WebSocket-Version")
+		if head.method != "GET" || head.minor != 1 || !one || kerr != nil || len(raw) != 16 || v != "13" {
+			t.Fatalf("accepted %q", b[:n])
+		}
+		if got := wsframe.AppendAcceptKey(nil, key); len(got) != wsframe.AcceptKeyLen {
+			t.Fatalf("accept key %q", got)
 		}
 	})
 }
