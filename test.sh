@@ -37,7 +37,7 @@ echo "test.sh: go test -race"
 go test -race -count=1 -timeout 12m ./...
 
 echo "test.sh: the nbio copy's patch tests (third_party/nbio is its own module)"
-(cd third_party/nbio && go test -race -count=100 -run 'TestStaleEventOnReusedFd' . && go test -race -count=3 -run 'TestStopBeforePollersRun|TestStopWhileAccepting|TestResetAfterDataIsNotEOF|TestAcceptTCP|TestSetNodelay|TestAcceptedConnAddrs' .)
+(cd third_party/nbio && go test -race -count=100 -run 'TestStaleEventOnReusedFd' . && go test -race -count=3 -run 'TestStopBeforePollersRun|TestStopWhileAccepting|TestResetAfterDataIsNotEOF|TestAcceptTCP|TestSetNodelay|TestStartFailureClosesDescriptors|TestAcceptedConnAddrs' .)
 
 echo "test.sh: allocation tests (without -race)"
 go test -count=1 -run 'Alloc' ./...

@@ -162,3 +162,27 @@ func TestSetNodelay(t *testing.T) {
 		_ = ln.Close()
 	}
 }
+
+// TestStartFailureClosesDescriptors checks that a Start that fails after
+// it made a TCP listener's poller (here the second address is taken)
+// leaves no descriptor open: the first listener's socket, its accept
+// loop's copy, epoll and eventfd (tether patch 7) are closed although the
+// loop never ran.
+func TestStartFailureClosesDescriptors(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	fds := openFds(t)
+	for i := 0; i < 3; i++ {
+		g := NewEngine(Config{Network: "tcp", Addrs: []string{"127.0.0.1:0", taken.Addr().String()}, NPoller: 2})
+		if err := g.Start(); err == nil {
+			g.Stop()
+			t.Fatal("Start succeeded on an address in use")
+		}
+	}
+	if now := openFds(t); now > fds {
+		t.Errorf("%d descriptors open after 3 failed Starts, %d before", now, fds)
+	}
+}

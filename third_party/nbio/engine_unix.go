@@ -38,7 +38,7 @@ func (g *Engine) Start() error {
 			ln, err := newPoller(g, true, i)
 			if err != nil {
 				for j := 0; j < i; j++ {
-					g.listeners[j].stop()
+					g.listeners[j].discard() // tether patch 7: never started
 				}
 				return err
 			}
@@ -70,12 +70,14 @@ func (g *Engine) Start() error {
 	for i := 0; i < g.NPoller; i++ {
 		p, err := newPoller(g, false, i)
 		if err != nil {
+			// tether patch 7: none of these loops started; their
+			// descriptors are closed here, not by the loops.
 			for j := 0; j < len(g.listeners); j++ {
-				g.listeners[j].stop()
+				g.listeners[j].discard()
 			}
 
 			for j := 0; j < i; j++ {
-				g.pollers[j].stop()
+				g.pollers[j].discard()
 			}
 			return err
 		}

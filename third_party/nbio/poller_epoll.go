@@ -402,6 +402,23 @@ func (p *poller) stop() {
 	}
 }
 
+// discard stops a poller whose loop never started (Start failed after
+// making it) and closes the descriptors that loop would have closed on its
+// way out: an I/O poller's epoll and eventfd, a TCP listener's copy of the
+// listening socket with its epoll and eventfd (tether patch 7). A listener
+// on the release's loop has only the listener, which stop closes.
+func (p *poller) discard() {
+	p.stop()
+	if p.listener != nil && p.acceptFd < 0 {
+		return
+	}
+	if p.acceptFd >= 0 {
+		_ = syscall.Close(p.acceptFd)
+	}
+	_ = syscall.Close(p.epfd)
+	_ = syscall.Close(p.evtfd)
+}
+
 //go:norace
 func (p *poller) addRead(fd int) error {
 	return p.setRead(syscall.EPOLL_CTL_ADD, fd)

@@ -334,6 +334,10 @@ func (p *poller) stop() {
 	p.trigger()
 }
 
+// discard stops a poller whose loop never started (tether patch 7 closes
+// the descriptors of such pollers on Linux; here it is the release's stop).
+func (p *poller) discard() { p.stop() }
+
 //go:norace
 func newPoller(g *Engine, isListener bool, index int) (*poller, error) {
 	if isListener {
