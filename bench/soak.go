@@ -52,7 +52,7 @@ func (so *soakOptions) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&so.settle, "settle", 5*time.Second, "soak: after the churn stops and all clients are back, wait until no delivery arrived for this long")
 	fs.Var(&so.nodeArgs, "node-args", "soak: extra `flags` for every node, comma-separated (e.g. --drain-window=5s)")
 	fs.Float64Var(&so.rssTolerance, "rss-tolerance", 0.10, "soak: fail when the nodes' RSS at the end exceeds the reading at 20 % of --duration by more than this fraction")
-	fs.StringVar(&so.dir, "dir", "", "soak: directory for the processes' logs (default: a new temporary directory, kept)")
+	fs.StringVar(&so.dir, "dir", "", "soak: directory for the processes' logs, made if missing (default: a new temporary directory, kept)")
 }
 
 // check validates the soak flags and derives the run's message count.
@@ -111,6 +111,8 @@ func runSoak(o *options) (*Result, error) {
 			return nil, fmt.Errorf("cannot create the soak directory: %w", err)
 		}
 		so.dir = d
+	} else if err := os.MkdirAll(so.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cannot create the soak directory: %w", err)
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	r := &soakRun{so: so, sr: &SoakResult{
